@@ -1,0 +1,98 @@
+"""The operations of protocol v1: names, parameter and result types, and their semantics.
+
+This table is the contract; the worker binds a handler to each entry, and the schema
+generator documents each entry's parameters and result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import msgspec
+
+from workers.protocol.messages import (
+    CancelParams,
+    DiscoverParams,
+    DiscoverResult,
+    PingParams,
+    PingResult,
+    ShutdownParams,
+    StatusResult,
+)
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class CancelResult(msgspec.Struct):
+    target: Union[int, str]
+    state: str  # "queued-cancelled", "running-cancel-requested", "unknown"
+
+
+class ShutdownResult(msgspec.Struct):
+    accepted: bool
+
+
+class SleepParams(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float
+    steps: int = 10  # progress events sent while sleeping
+
+
+class SleepResult(msgspec.Struct):
+    slept_s: float
+
+
+class CrashParams(msgspec.Struct, forbid_unknown_fields=True):
+    exit_code: int = 70
+    mode: str = "exit"  # "exit": os._exit; "abort": SIGABRT (a native crash)
+
+
+class FreezeParams(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: float  # stop heartbeats and stop serving for this long (a hung worker)
+
+
+class NoiseParams(msgspec.Struct, forbid_unknown_fields=True):
+    text: str = "0.00%\n"  # written to file descriptor 1, as native libraries do
+
+
+class NoiseResult(msgspec.Struct):
+    written: int
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    name: str
+    params: type
+    result: type
+    idempotent: bool
+    control: bool = False  # answered on the reader thread, never queued behind work
+    fault: bool = False  # registered only when the worker starts with --allow-fault-injection
+    description: str = ""
+
+
+OPERATIONS: tuple[OperationSpec, ...] = (
+    OperationSpec("ping", PingParams, PingResult, idempotent=True, control=True,
+                  description="Echo a payload back; the protocol round-trip probe."),
+    OperationSpec("echo", PingParams, PingResult, idempotent=True,
+                  description="Echo a payload back through the work queue."),
+    OperationSpec("status", Empty, StatusResult, idempotent=True, control=True,
+                  description="Queue depth, running request and counters."),
+    OperationSpec("cancel", CancelParams, CancelResult, idempotent=True, control=True,
+                  description="Cancel a queued request, or ask a running one to stop."),
+    OperationSpec("shutdown", ShutdownParams, ShutdownResult, idempotent=True, control=True,
+                  description="Answer, finish the running request, fail queued ones, exit 0."),
+    OperationSpec("discover_devices", DiscoverParams, DiscoverResult, idempotent=True,
+                  description="Enumerate devices (NVML, torch, the CPU) with capabilities."),
+    OperationSpec("fault.sleep", SleepParams, SleepResult, idempotent=True, fault=True,
+                  description="Work that takes a while, with progress; honours deadline and cancel."),
+    OperationSpec("fault.crash", CrashParams, Empty, idempotent=False, fault=True,
+                  description="Die at once, mid-request."),
+    OperationSpec("fault.freeze", FreezeParams, Empty, idempotent=False, fault=True,
+                  description="Hang: no heartbeats, no answers, for a while."),
+    OperationSpec("fault.stdout_noise", NoiseParams, NoiseResult, idempotent=True, fault=True,
+                  description="Write to fd 1 as a native library would; must not reach the host."),
+)
+
+OPERATIONS_BY_NAME = {spec.name: spec for spec in OPERATIONS}

@@ -1,0 +1,1 @@
+"""The worker side: the process the host spawns (``python -m workers``)."""

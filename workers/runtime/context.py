@@ -1,0 +1,58 @@
+"""What a running operation sees: its deadline, cancellation, and a progress channel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Union
+
+from workers.protocol.messages import RequestId
+
+if TYPE_CHECKING:
+    from workers.runtime.server import WorkerServer
+
+
+class Cancelled(Exception):
+    pass
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class RequestContext:
+    def __init__(self, server: WorkerServer, rid: RequestId, deadline_ms: Union[float, None]) -> None:
+        self._server = server
+        self.id = rid
+        self.received = time.monotonic()
+        self.deadline = None if deadline_ms is None else self.received + deadline_ms / 1e3
+        self.budget_ms = deadline_ms
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def remaining(self) -> Union[float, None]:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        """Raise if the host cancelled this request or its deadline has passed."""
+        if self._cancelled.is_set():
+            raise Cancelled()
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            late_ms = (time.monotonic() - self.deadline) * 1e3
+            raise DeadlineExceeded(f"deadline of {self.budget_ms:g} ms exceeded by {late_ms:.1f} ms")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep that wakes on cancel and stops at the deadline."""
+        remaining = self.remaining()
+        timeout = seconds if remaining is None else max(0.0, min(seconds, remaining))
+        self._cancelled.wait(timeout)
+        self.check()
+
+    def progress(self, step: int, total: int, message: str = "") -> None:
+        self._server.progress(self.id, step, total, message)
