@@ -1,0 +1,1 @@
+"""Validation pipeline: the spec's test cases as Dagster assets over real workers."""
