@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
     INVALID = "INVALID"  # too little evidence for the claim
     SKIPPED = "SKIPPED"  # not measurable on this testbed, with the reason
     ERROR = "ERROR"  # the harness itself failed
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
