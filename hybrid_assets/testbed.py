@@ -24,6 +24,8 @@ LIBRARIES = ("torch", "diffusers", "transformers", "msgspec", "duckdb", "great-e
 
 @dataclass(frozen=True)
 class Testbed:
+    __test__ = False  # not a pytest class, despite the name
+
     testbed_id: str
     hostname: str
     cpu: str

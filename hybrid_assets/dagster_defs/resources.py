@@ -55,7 +55,8 @@ class WorkerPoolResource(ConfigurableResource):
 
 
 class MetricsStoreResource(ConfigurableResource):
-    path: Optional[str] = Field(default=None, description="DuckDB file; else $HYBRID_DUCKDB_PATH; else var/hybrid.duckdb")
+    path: Optional[str] = Field(
+        default=None, description="DuckDB file; else $HYBRID_DUCKDB_PATH; else var/hybrid.duckdb")
     lock_timeout_s: float = Field(default=30.0, gt=0)
 
     def client(self) -> MetricsStore:

@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh clone:
+#   make run    create the environment, run the validation job (smoke profile), print verdicts
+#   make test   create the environment, run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/var/dagster
+# Nothing is fetched from a model hub at run time, ever.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup run test test-fast lint schema bench dev summary clean
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	# torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements/lock.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+run: setup
+	$(BIN)/python -m hybrid_assets run --profile $${HYBRID_PROFILE:-smoke}
+
+summary: setup
+	$(BIN)/python -m hybrid_assets summary
+
+test: setup
+	$(BIN)/ruff check workers hybrid_assets tests
+	$(BIN)/python -m workers.protocol.schema --check
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not subprocess and not dagster"
+
+lint: setup
+	$(BIN)/ruff check workers hybrid_assets tests
+
+schema: setup
+	$(BIN)/python -m workers.protocol.schema --write
+
+bench: setup
+	$(BIN)/python -m workers.bench.ipc
+
+dev: setup
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

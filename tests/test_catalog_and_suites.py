@@ -1,0 +1,71 @@
+"""The catalog and its suites agree with each other, with the runners and with GX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hybrid_assets.catalog import PROFILES, CatalogError, load_catalog, resolve_profile
+from hybrid_assets.gx_suites import SuiteError, load_suite, verify_with_gx
+from hybrid_assets.runners import runner_names
+
+
+def test_every_case_has_a_runner_a_gx_valid_suite_and_all_profiles() -> None:
+    cases = load_catalog()
+    assert cases, "the catalog is empty"
+    for case in cases:
+        assert case.runner in runner_names()
+        suite = load_suite(case.suite)
+        verify_with_gx(suite)
+        assert set(case.params) == set(PROFILES)
+        sections = {case.section, *case.also_covers}
+        for e in suite.expectations:
+            assert e.meta["spec_section"] in sections, f"{e.check} cites {e.meta['spec_section']}"
+            assert e.meta["spec_text"].strip()
+
+
+def test_profiles_scale_the_work_not_the_thresholds() -> None:
+    case = next(c for c in load_catalog() if c.id == "cold_start_device_discovery")
+    smoke, spec = case.params_for("smoke"), case.params_for("spec")
+    assert spec["cold_starts"] > smoke["cold_starts"] >= 44  # 44 settle a p90 claim
+    assert spec["round_trips"] > smoke["round_trips"] >= 459  # 459 settle a p99 claim
+
+
+def test_unknown_profile_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(CatalogError, match="unknown profile 'fast'"):
+        resolve_profile("fast")
+    monkeypatch.setenv("HYBRID_PROFILE", "standard")
+    assert resolve_profile(None) == "standard"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("version: 1\ncases: [{id: x}]", "missing"),
+    ("version: 2\ncases: []", "version: 1"),
+    ("version: 1\ncases: [{id: Bad-Id, part: 1, section: '1.1', domain: device, title: t, description: d,"
+     " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "lower_snake_case"),
+    ("version: 1\ncases: [{id: a, part: 1, section: '2.1', domain: device, title: t, description: d,"
+     " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "match the part"),
+    ("version: 1\ncases: [{id: a, part: 1, section: '1.1', domain: gpu, title: t, description: d,"
+     " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "domain"),
+    ("version: 1\ncases: [{id: a, part: 1, section: '1.1', domain: device, title: t, description: d,"
+     " runner: r, suite: s, params: {smoke: {}}}]", "profiles"),
+    ("{{{", "cannot read catalog"),
+])
+def test_bad_catalog_entries_are_named(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "cases.yaml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=problem):
+        load_catalog(path)
+
+
+def test_bad_suites_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="not found"):
+        load_suite("nope", tmp_path)
+    (tmp_path / "s.json").write_text("{not json")
+    with pytest.raises(SuiteError, match="unreadable"):
+        load_suite("s", tmp_path)
+    (tmp_path / "t.json").write_text('{"name": "t", "expectations": [{"type": "expect_column_max_to_be_between",'
+                                     ' "kwargs": {"column": "value", "max_value": 1}, "meta": {"check": "c"}}]}')
+    with pytest.raises(SuiteError, match="meta lacks"):
+        load_suite("t", tmp_path)

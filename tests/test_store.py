@@ -1,0 +1,102 @@
+"""The DuckDB store: one transaction per case, views that answer, nothing lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+from pathlib import Path
+
+import duckdb
+
+from hybrid_assets.builds import BuildInfo
+from hybrid_assets.catalog import load_catalog
+from hybrid_assets.harness.results import CaseOutcome, ExpectationOutcome, Recorder, Verdict
+from hybrid_assets.harness.stats import summarize
+from hybrid_assets.run_info import RunInfo
+from hybrid_assets.store import VIEW_NAMES, MetricsStore, case_payload
+from hybrid_assets.testbed import Testbed
+
+TESTBED = Testbed("tb-test", "host", "cpu", 2, 1 << 30, "none", {"cpu": "cpu"})
+
+
+def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS) -> dict:
+    case = load_catalog()[0]
+    rec = Recorder()
+    for i in range(n_samples):
+        rec.record("round_trip_s", 0.001 * (i + 1), "s", seq=i)
+    line = ExpectationOutcome("round_trip_p99_under_10ms", "expect_column_quantile_values_to_be_between", "4.1",
+                              "under_10_milliseconds_round_trip", "round_trip_s", "p99", "<=", 0.01, 0.099,
+                              n_samples, verdict, "detail", "s")
+    outcome = CaseOutcome(case.id, verdict, "reason", dt.datetime(2026, 12, 4), 1.5, rec.samples,
+                          summarize(rec.samples), [line], {}, {"k": "v"})
+    run = RunInfo(run_id, BuildInfo.local("0.1.0"), TESTBED, "smoke", ["python", "-m", "workers"],
+                  dt.datetime(2026, 12, 4))
+    return case_payload(run, case, outcome)
+
+
+def test_views_answer_after_a_write(tmp_path: Path) -> None:
+    store = MetricsStore(tmp_path / "m.duckdb")
+    receipt = store.write_case(payload("run-1"))
+    assert receipt.status == "written"
+    runs = store.query("SELECT * FROM v_runs")
+    assert list(runs.run_id) == ["run-1"] and int(runs.passed[0]) == 1 and runs.build_id[0] == "local"
+    v = store.query("SELECT * FROM v_verdicts")
+    assert v.iloc[0].case_id == "cold_start_device_discovery" and v.iloc[0].spec_section == "1.1"
+    m = store.query("SELECT value FROM v_metrics WHERE metric='round_trip_s' AND statistic='count'")
+    assert m.value[0] == 100
+    e = store.query("SELECT * FROM v_expectations")
+    assert e.iloc[0].threshold == 0.01 and e.iloc[0].observed == 0.099 and bool(e.iloc[0].passed)
+    assert set(VIEW_NAMES) <= set(store.query("SELECT view_name FROM duckdb_views()").view_name)
+
+
+def test_rewriting_a_case_replaces_it(tmp_path: Path) -> None:
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.write_case(payload("run-1", 100))
+    store.write_case(payload("run-1", 30, Verdict.FAIL))
+    assert store.query("SELECT count(*) AS n FROM samples").n[0] == 30
+    assert store.query("SELECT verdict FROM v_verdicts").verdict.tolist() == ["FAIL"]
+
+
+def _writer(path: str, run_id: str) -> None:
+    MetricsStore(path, lock_timeout_s=60).write_case(payload(run_id, 5000))
+
+
+def test_two_processes_finishing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.duckdb")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, f"run-{i}")) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = MetricsStore(path)
+    assert store.query("SELECT count(*) AS n FROM samples").n[0] == 4 * 5000
+    assert store.query("SELECT count(*) AS n FROM v_runs").n[0] == 4
+
+
+def test_a_locked_store_stages_the_case_and_the_next_write_merges_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.duckdb"
+    MetricsStore(path).initialize()
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(path), ready, release))
+    holder.start()
+    assert ready.wait(60)
+    try:
+        receipt = MetricsStore(path, lock_timeout_s=0.5).write_case(payload("run-locked"))
+        assert receipt.status == "staged" and Path(receipt.staged_path).exists()
+    finally:
+        release.set()
+        holder.join(30)
+    receipt2 = MetricsStore(path).write_case(payload("run-after"))
+    assert receipt2.status == "written" and receipt2.merged_staged == 1
+    runs = set(MetricsStore(path).query("SELECT run_id FROM v_runs").run_id)
+    assert runs == {"run-locked", "run-after"}
+
+
+def _hold_lock(path: str, ready: object, release: object) -> None:
+    con = duckdb.connect(path)
+    ready.set()
+    release.wait(60)
+    con.close()
