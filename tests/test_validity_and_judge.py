@@ -35,9 +35,9 @@ def test_quantile_evidence_pass_fail_and_insufficient() -> None:
 def spec(kind: str, **kw: object) -> ExpectationSpec:
     meta = {"check": "c", "metric": "m", "spec_section": "1.1", "spec_text": "under_x", "min_samples": 3}
     if kind == "quantile":
+        ranges = {"quantiles": [0.9], "value_ranges": [[None, 2.0]]}
         return ExpectationSpec("expect_column_quantile_values_to_be_between",
-                               {"column": "value", "quantile_ranges": {"quantiles": [0.9], "value_ranges": [[None, 2.0]]}},
-                               meta)
+                               {"column": "value", "quantile_ranges": ranges}, meta)
     return ExpectationSpec("expect_column_max_to_be_between", {"column": "value", "max_value": 0.0}, meta)
 
 

@@ -180,6 +180,7 @@ class WorkerPool:
                 slot.state = "failed"
                 detail = (f"restart limit reached: {self.config.max_restarts} restarts within "
                           f"{self.config.restart_window_s:g} s; last error: {slot.last_error}")
+                slot.last_error = detail
                 self._cv.notify_all()
             else:
                 slot.restarts.append(now)
