@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.manifest:
         resources["build"] = {"config": {"manifest_path": str(Path(args.manifest).resolve())}}
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    job = defs.get_job_def(JOB_NAME)
+    job = defs.resolve_job_def(JOB_NAME)
     result = job.execute_in_process(run_config={"resources": resources}, instance=instance,
                                     raise_on_error=False, tags={"hybrid/launched_by": "cli"})
     store = MetricsStore(Path(args.store) if args.store else default_store_path())

@@ -1,6 +1,7 @@
 """One factory: the catalog (data) becomes assets with checks, and a job."""
 
 
+from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
@@ -91,8 +92,8 @@ def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
         metrics_store: MetricsStoreResource,
         profile: ProfileResource,
         build: BuildResource,
-    ) -> MaterializeResult:
-        info = run_info(context.run_id, build.info(), profile.resolve(), worker_pool.argv)
+    ) -> Iterator[MaterializeResult]:
+        info = run_info(context.run.run_id, build.info(), profile.resolve(), worker_pool.argv)
         store = metrics_store.client()
         executed = execute_case(case, info, worker_pool.pool, store, context.log)
         out = executed.outcome
@@ -112,6 +113,7 @@ def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
         selected = {k.name for k in context.selected_asset_check_keys}
         results = [check_result(e) for e in out.expectations
                    if e.verdict is not Verdict.SKIPPED and e.check_name in selected]
-        return MaterializeResult(asset_key=key, metadata=metadata, check_results=results)
+        # Yielded, not returned: a returned NamedTuple reads as a tuple of outputs to a multi_asset.
+        yield MaterializeResult(asset_key=key, metadata=metadata, check_results=results)
 
     return _case_asset

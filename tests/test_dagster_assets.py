@@ -1,0 +1,107 @@
+"""The case asset materialized in-process against real workers, a real DuckDB and real GX."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from dagster import AssetCheckSeverity, Definitions, materialize
+
+from hybrid_assets.catalog import load_catalog
+from hybrid_assets.dagster_defs.definitions import JOB_NAME, build_definitions
+from hybrid_assets.dagster_defs.factory import build_case_asset
+from hybrid_assets.dagster_defs.resources import (
+    BuildResource,
+    MetricsStoreResource,
+    ProfileResource,
+    WorkerPoolResource,
+)
+from hybrid_assets.gx_suites import load_suite
+from hybrid_assets.store import VIEW_NAMES, MetricsStore
+from workers.host.command import bundled_worker_command
+
+pytestmark = [pytest.mark.dagster, pytest.mark.subprocess, pytest.mark.slow]
+
+
+def case_with(params: dict) -> tuple:
+    case = next(c for c in load_catalog() if c.id == "cold_start_device_discovery")
+    case = dataclasses.replace(case, params={"smoke": params, "standard": params, "spec": params})
+    return case, build_case_asset(case, load_suite(case.suite))
+
+
+def run(asset, store: Path, worker_cmd: str | None = None):
+    resources = {
+        "worker_pool": WorkerPoolResource(worker_cmd=worker_cmd),
+        "metrics_store": MetricsStoreResource(path=str(store)),
+        "profile": ProfileResource(name="smoke"),
+        "build": BuildResource(),
+    }
+    return materialize([asset], resources=resources, raise_on_error=False)
+
+
+def test_definitions_load_with_asset_checks_job_and_sensor() -> None:
+    defs = build_definitions()
+    Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert "part1_workflows/cold_start_device_discovery" in keys
+    checks = {k.name for k in repo.asset_graph.asset_check_keys}
+    assert {"discovery_time_p90_under_5s", "round_trip_p99_under_10ms", "zero_communication_errors"} <= checks
+    assert defs.resolve_job_def(JOB_NAME) is not None
+    assert [s.name for s in repo.sensor_defs] == ["new_build_sensor"]
+
+
+def test_healthy_worker_passes_and_the_views_hold_the_run(tmp_path: Path) -> None:
+    _, asset = case_with({"cold_starts": 45, "round_trips": 600, "payload_bytes": 64})
+    store_path = tmp_path / "m.duckdb"
+    result = run(asset, store_path)
+    assert result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    failing = {name: e.metadata["detail"].value for name, e in evaluations.items() if not e.passed}
+    assert not failing, failing
+    assert "gpu_compute_capability_valid" not in evaluations  # SKIPPED here: no result, never a PASS
+    rt = evaluations["round_trip_p99_under_10ms"].metadata
+    assert rt["threshold"].value == 0.01 and 0 < rt["observed"].value < 0.01
+    assert rt["spec"].value.startswith("4.1:")
+    mat = result.asset_materializations_for_node("part1_workflows__cold_start_device_discovery")[0]
+    assert mat.metadata["verdict"].value == "PASS"
+
+    store = MetricsStore(store_path)
+    run_id = result.run_id
+    for view in VIEW_NAMES:
+        rows = store.query(f"SELECT * FROM {view} WHERE run_id = ?", [run_id])
+        assert len(rows) > 0, view
+    lines = store.query("SELECT expectation, verdict FROM v_expectations WHERE run_id = ?", [run_id])
+    assert dict(zip(lines.expectation, lines.verdict, strict=True))["gpu_compute_capability_valid"] == "SKIPPED"
+    samples = store.query("SELECT count(*) AS n FROM samples WHERE run_id = ? AND metric = 'round_trip_s'", [run_id])
+    assert samples.n[0] == 600
+
+
+def test_slow_worker_breaches_thresholds_and_checks_fail(tmp_path: Path) -> None:
+    _, asset = case_with({"cold_starts": 3, "round_trips": 60, "payload_bytes": 64})
+    slow = " ".join([*bundled_worker_command(), "--allow-fault-injection", "--fault-startup-delay", "0.6",
+                     "--fault-latency", "0.02"])
+    result = run(asset, tmp_path / "m.duckdb", worker_cmd=slow)
+    assert result.success  # the pipeline worked; the runtime under test did not
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    for name in ("connection_time_p90_under_200ms", "communication_establishment_p90_under_500ms",
+                 "round_trip_p99_under_10ms"):
+        assert not evaluations[name].passed and evaluations[name].metadata["verdict"].value == "FAIL", name
+        assert evaluations[name].severity == AssetCheckSeverity.ERROR
+    # Three cold starts cannot support a p90 pass: INVALID, a warning, not a PASS.
+    discovery = evaluations["discovery_time_p90_under_5s"]
+    assert not discovery.passed and discovery.metadata["verdict"].value == "INVALID"
+    assert discovery.severity == AssetCheckSeverity.WARN
+    verdict = MetricsStore(tmp_path / "m.duckdb").query("SELECT verdict FROM v_verdicts").verdict[0]
+    assert verdict == "FAIL"
+
+
+def test_missing_worker_command_fails_the_run_with_a_named_error(tmp_path: Path) -> None:
+    _, asset = case_with({"cold_starts": 1, "round_trips": 1})
+    result = run(asset, tmp_path / "m.duckdb", worker_cmd="/no/such/worker --stdio")
+    assert not result.success
+    errors = [e.event_specific_data.error for e in result.all_events
+              if "FAILURE" in e.event_type_value and getattr(e.event_specific_data, "error", None)]
+    text = " ".join(err.to_string() for err in errors)  # with the chain of causes
+    assert "'/no/such/worker' does not exist" in text
