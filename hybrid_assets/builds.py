@@ -42,8 +42,9 @@ class BuildInfo:
     @classmethod
     def local(cls, version: str) -> BuildInfo:
         """The build of a run started by hand, with no manifest."""
-        manifest = {"build_id": "local", "version": version}
-        return cls("local", version, None, manifest, _sha(manifest))
+        build_id = f"local-{version}"
+        manifest = {"build_id": build_id, "version": version}
+        return cls(build_id, version, None, manifest, _sha(manifest))
 
 
 def _sha(obj: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Union
@@ -31,7 +32,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.worker_cmd:
         resources["worker_pool"] = {"config": {"worker_cmd": args.worker_cmd}}
     if args.manifest:
+        from hybrid_assets.builds import ManifestError, parse_manifest
+
+        try:
+            build = parse_manifest(Path(args.manifest))
+        except ManifestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         resources["build"] = {"config": {"manifest_path": str(Path(args.manifest).resolve())}}
+        if build.worker_cmd and not args.worker_cmd:
+            resources["worker_pool"] = {"config": {"worker_cmd": shlex.join(build.worker_cmd)}}
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     job = defs.resolve_job_def(JOB_NAME)
     result = job.execute_in_process(run_config={"resources": resources}, instance=instance,

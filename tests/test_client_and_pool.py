@@ -87,7 +87,7 @@ def test_garbage_on_stdout_is_counted_not_fatal() -> None:
 @pytest.mark.parametrize(("argv", "problem"), [
     (["/no/such/worker"], "worker command not found"),
     (fake_worker("dies_before_hello.py"), "exited before the handshake (exited with code 3)"),
-    (fake_worker("wrong_protocol.py"), "PROTOCOL_MISMATCH"),
+    (fake_worker("wrong_protocol.py"), "worker speaks protocol 99"),
 ])
 def test_start_failures_are_named(argv: list[str], problem: str) -> None:
     with pytest.raises(WorkerStartError) as info:
@@ -95,12 +95,14 @@ def test_start_failures_are_named(argv: list[str], problem: str) -> None:
     assert problem in info.value.message
     if "dies_before" in argv[-1]:
         assert "cannot initialise the runtime" in info.value.message  # stderr tail
+    if "wrong_protocol" in argv[-1]:
+        assert info.value.code == "PROTOCOL_MISMATCH"
 
 
 def test_handshake_timeout_is_named(worker_argv: list[str]) -> None:
     slow = [*worker_argv, "--fault-startup-delay", "5"]
     t0 = time.monotonic()
-    with pytest.raises(WorkerStartError, match="no handshake within 0.5 s"):
+    with pytest.raises(WorkerStartError, match=r"no handshake within 0\.5 s"):
         WorkerClient(slow, startup_timeout=0.5).start()
     assert time.monotonic() - t0 < 3
 
@@ -127,3 +129,11 @@ def test_pool_rejects_bad_config_and_unstartable_command() -> None:
     with pytest.raises(WorkerStartError, match="no worker"):
         WorkerPool(["/no/such/worker"], PoolConfig(size=2)).start()
     assert isinstance(WorkerError("X", "y"), Exception)
+
+
+def test_oversized_request_fails_on_the_host_by_name(worker_argv: list[str]) -> None:
+    with WorkerClient([*worker_argv, "--max-frame-bytes", "2048"]).start() as c:
+        with pytest.raises(WorkerError, match="exceeds the worker's limit of 2048 bytes") as info:
+            c.request("ping", {"payload": "x" * 5000}, timeout=5)
+        assert info.value.code == "FRAME_TOO_LARGE"
+        assert c.request("ping", {"payload": "ok"}) == {"payload": "ok"}

@@ -39,7 +39,7 @@ def test_views_answer_after_a_write(tmp_path: Path) -> None:
     receipt = store.write_case(payload("run-1"))
     assert receipt.status == "written"
     runs = store.query("SELECT * FROM v_runs")
-    assert list(runs.run_id) == ["run-1"] and int(runs.passed[0]) == 1 and runs.build_id[0] == "local"
+    assert list(runs.run_id) == ["run-1"] and int(runs.passed[0]) == 1 and runs.build_id[0] == "local-0.1.0"
     v = store.query("SELECT * FROM v_verdicts")
     assert v.iloc[0].case_id == "cold_start_device_discovery" and v.iloc[0].spec_section == "1.1"
     m = store.query("SELECT value FROM v_metrics WHERE metric='round_trip_s' AND statistic='count'")

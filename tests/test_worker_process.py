@@ -161,3 +161,20 @@ def test_client_round_trip_progress_timeout_and_cancel(worker_argv: list[str]) -
         with pytest.raises(WorkerError, match="CANCELLED"):
             pending.result()
         assert c.request("status")["protocol_errors"] == 0
+
+
+def test_cancelling_a_queued_request_answers_at_once(raw: RawWorker) -> None:
+    raw.send(b'{"type":"request","id":"busy","op":"fault.sleep","params":{"seconds":1.0,"steps":2}}\n')
+    assert raw.read()["type"] == "event"
+    raw.send(b'{"type":"request","id":"q","op":"echo"}\n'
+             b'{"type":"request","id":"c","op":"cancel","params":{"target":"q"}}\n')
+    t0 = time.monotonic()
+    first, second = raw.read(), raw.read()
+    assert time.monotonic() - t0 < 0.4  # long before busy ends
+    assert {first["id"], second["id"]} == {"q", "c"}
+    answers = {first["id"]: first, second["id"]: second}
+    assert answers["q"]["error"]["code"] == "CANCELLED" and answers["c"]["result"]["state"] == "queued-cancelled"
+    m = raw.read()
+    while m["type"] != "response":
+        m = raw.read()
+    assert m["id"] == "busy" and m["ok"]  # and "q" is never answered twice

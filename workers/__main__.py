@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-startup-delay", type=float, default=0.0, metavar="SECONDS",
                    help="sleep before the handshake (a slow-starting build)")
     p.add_argument("--fault-latency", type=float, default=0.0, metavar="SECONDS",
-                   help="delay every answer by this much (a slow build)")
+                   help="delay the handling of every incoming frame by this much (a slow build)")
     args = p.parse_args(argv)
     if (args.fault_startup_delay or args.fault_latency) and not args.allow_fault_injection:
         p.error("--fault-* options need --allow-fault-injection")

@@ -8,6 +8,7 @@ cursor is reset. An invalid manifest is reported (log and skip reason), never ru
 
 import hashlib
 import json
+import shlex
 from typing import Any
 
 from dagster import (
@@ -28,7 +29,7 @@ BUILD_TAG = "hybrid/build_id"
 def build_run_request(path_str: str, build_id: str, version: str, worker_cmd: Any) -> RunRequest:
     resources: dict[str, Any] = {"build": {"config": {"manifest_path": path_str}}}
     if worker_cmd:
-        resources["worker_pool"] = {"config": {"worker_cmd": " ".join(worker_cmd)}}
+        resources["worker_pool"] = {"config": {"worker_cmd": shlex.join(worker_cmd)}}
     return RunRequest(
         run_key=f"build-{build_id}",
         run_config={"resources": resources},

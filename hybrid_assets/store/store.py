@@ -104,8 +104,8 @@ class MetricsStore:
                 with self._connect() as con:
                     attempts = 1
                     self._ensure_schema(con)
+                    merged = self._merge_staged(con)  # older cases first: a later write wins
                     self._write(con, payload)
-                    merged = self._merge_staged(con)
                 return WriteReceipt("written", attempts, time.monotonic() - t0, merged_staged=merged)
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc):

@@ -11,10 +11,10 @@ All deadlines use the monotonic clock.
 from __future__ import annotations
 
 import collections
-import io
 import itertools
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -26,7 +26,7 @@ from typing import Any, Union
 from workers.host.errors import RequestTimeout, WorkerError, WorkerLost, WorkerStartError
 from workers.protocol import codec
 from workers.protocol.codec import DecodeFailure
-from workers.protocol.framing import FrameReader, FrameWriter
+from workers.protocol.framing import FrameDecoder, FrameWriter
 from workers.protocol.messages import (
     PROTOCOL_VERSION,
     ErrorCode,
@@ -49,31 +49,45 @@ HOST_MAX_FRAME_BYTES = 16 << 20
 class PendingRequest:
     """A request in flight; ``result()`` waits for its one answer."""
 
-    __slots__ = ("_done", "_error", "_result", "id", "on_event", "op", "sent_at")
+    __slots__ = ("_done", "_error", "_gate", "_result", "id", "on_event", "op", "sent_at")
 
     def __init__(self, rid: RequestId, op: str, on_event: Union[EventCallback, None]) -> None:
         self.id = rid
         self.op = op
         self.sent_at = time.monotonic()
-        self._done = threading.Event()
+        # A held lock, released once on resolve: a tenth of the cost of a threading.Event,
+        # which matters on a path that costs tens of microseconds in all.
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._done = False
         self._result: Union[dict[str, Any], None] = None
         self._error: Union[WorkerError, None] = None
         self.on_event = on_event
 
     def _resolve(self, result: Union[dict[str, Any], None], error: Union[WorkerError, None]) -> None:
+        if self._done:
+            return
         self._result, self._error = result, error
-        self._done.set()
+        self._done = True
+        try:
+            self._gate.release()
+        except RuntimeError:  # resolved twice at once (a loss racing an answer): the first won
+            pass
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._done
 
     def wait(self, timeout: Union[float, None]) -> bool:
-        return self._done.wait(timeout)
+        if self._done:
+            return True
+        if self._gate.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._gate.release()  # let any other waiter through too
+        return self._done
 
     def result(self) -> dict[str, Any]:
         """The result of a finished request; raises its error."""
-        if not self._done.is_set():
+        if not self._done:
             raise RuntimeError("request still in flight")
         if self._error is not None:
             raise self._error
@@ -111,6 +125,12 @@ class WorkerClient:
         self.hello: Union[Hello, None] = None
         self._lost_reason: Union[str, None] = None
         self._kill_reason: str = ""
+        self._read_lock = threading.Lock()
+        self._decoder = FrameDecoder(HOST_MAX_FRAME_BYTES)
+        self._stdout_fd = -1
+        self._eof = False
+        self._eof_handled = False
+        self._last_sync = 0.0
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._lost_callbacks: list[Callable[[WorkerClient, str], None]] = []
         self.spawned_at: Union[float, None] = None
@@ -138,6 +158,7 @@ class WorkerClient:
             raise WorkerStartError(f"cannot start worker {self.argv!r}: {exc}") from exc
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._writer = FrameWriter(self._proc.stdin)
+        self._stdout_fd = self._proc.stdout.fileno()
         threading.Thread(target=self._read_loop, name=f"{self.name}-reader", daemon=True).start()
         threading.Thread(target=self._stderr_loop, name=f"{self.name}-stderr", daemon=True).start()
         deadline = self.spawned_at + self._startup_timeout
@@ -158,8 +179,8 @@ class WorkerClient:
         if self.hello.protocol != PROTOCOL_VERSION:
             self.kill()
             raise WorkerStartError(
-                f"{ErrorCode.PROTOCOL_MISMATCH}: worker speaks protocol {self.hello.protocol}, "
-                f"host speaks {PROTOCOL_VERSION}"
+                f"worker speaks protocol {self.hello.protocol}, host speaks {PROTOCOL_VERSION}",
+                code=ErrorCode.PROTOCOL_MISMATCH,
             )
         self.ready_at = time.monotonic()
         return self
@@ -208,6 +229,13 @@ class WorkerClient:
         pending = PendingRequest(rid, op, on_event)
         frame = codec.encode(Request(id=rid, op=op, params=dict(params or {}),
                                      deadline_ms=deadline_ms, priority=priority))
+        limit = self.hello.capabilities.max_frame_bytes if self.hello else None
+        if limit is not None and len(frame) > limit:
+            # The worker would answer FRAME_TOO_LARGE without an id; fail it here, by name.
+            pending._resolve(None, WorkerError(ErrorCode.FRAME_TOO_LARGE,
+                                               f"request of {len(frame)} bytes exceeds the worker's limit of "
+                                               f"{limit} bytes", False, rid, op))
+            return pending
         with self._lock:
             if self._lost_reason is not None or self._writer is None:
                 pending._resolve(None, WorkerLost(f"{self.name} is not running: {self._lost_reason}", rid, op))
@@ -231,10 +259,40 @@ class WorkerClient:
         """Send and wait. The worker gets ``timeout`` as its deadline; the host waits a little
         longer for the worker's own DEADLINE_EXCEEDED, then gives up, cancels and raises."""
         pending = self.submit(op, params, deadline_ms=timeout * 1e3, priority=priority, on_event=on_event)
-        if not pending.wait(timeout + min(1.0, 0.1 * timeout + 0.05)):
+        if not self._wait_reading(pending, timeout + min(1.0, 0.1 * timeout + 0.05)):
             self._abandon(pending)
             raise RequestTimeout(f"no answer within {timeout:g} s", pending.id, op)
         return pending.result()
+
+    def _wait_reading(self, pending: PendingRequest, timeout: float) -> bool:
+        """Wait for ``pending``, reading the pipe in this thread when nobody else is.
+
+        Handing each answer from a reader thread to the caller costs a thread wake-up, which
+        on this kind of machine is as much as the whole round trip. So a waiting caller takes
+        the read role itself; the background reader steps aside while callers are active."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not pending.done:
+                self._last_sync = time.monotonic()
+                remaining = deadline - self._last_sync
+                if remaining <= 0:
+                    return False
+                if self._eof:
+                    return pending.wait(min(remaining, 5.0))  # the loss is being reported
+                if self._read_lock.acquire(blocking=False):
+                    try:
+                        if not self._pump(min(remaining, 0.05)):
+                            break
+                    finally:
+                        self._read_lock.release()
+                else:
+                    pending.wait(min(remaining, 0.002))
+        finally:
+            self._last_sync = time.monotonic()
+        if self._eof and not pending.done:
+            self._finish_eof()  # or another thread is finishing it: the loss resolves pending
+            return pending.wait(max(0.0, deadline - time.monotonic()))
+        return pending.done
 
     def _abandon(self, pending: PendingRequest) -> None:
         with self._lock:
@@ -252,35 +310,71 @@ class WorkerClient:
             pending._resolve(None, error)
 
     # ---- reading ------------------------------------------------------------------------
+    # One thread at a time holds the read role (``_read_lock``): the background reader
+    # while the client is idle or used asynchronously, a synchronous caller while it waits
+    # for its answer. Whoever reads dispatches every frame to whom it belongs.
+    _PARK_S = 0.02  # the background reader stays off the pipe this long after a caller read
+
     def _read_loop(self) -> None:
-        assert self._proc and self._proc.stdout
-        # Buffered: readline on the raw pipe would cost one system call per byte.
-        reader = FrameReader(io.BufferedReader(self._proc.stdout, 65536), HOST_MAX_FRAME_BYTES)
+        while not self._eof:
+            if time.monotonic() - self._last_sync < self._PARK_S:
+                time.sleep(self._PARK_S / 2)
+                continue
+            if not self._read_lock.acquire(timeout=self._PARK_S):
+                continue
+            try:
+                self._pump(self._PARK_S)
+            finally:
+                self._read_lock.release()
+        self._finish_eof()
+
+    def _pump(self, timeout: float) -> bool:
+        """Read what the pipe has (waiting at most ``timeout``) and dispatch it; False at EOF.
+        The caller holds ``_read_lock``."""
+        if self._eof:
+            return False
         try:
-            while True:
-                frame = reader.read()
-                if frame is None:
-                    break
-                self.last_seen = time.monotonic()
-                msg = codec.decode_worker_message(frame)
-                if isinstance(msg, DecodeFailure):
-                    self.protocol_errors += 1
-                    log.warning("%s: not a protocol message (%s): %s", self.name, msg.code, msg.message)
-                elif isinstance(msg, Response):
-                    self._on_response(msg)
-                elif isinstance(msg, Event):
-                    self._on_event(msg)
-                elif isinstance(msg, Hello):
-                    if self.hello is None:
-                        self.hello = msg
-                        self._hello_ready.set()
-                    else:
-                        self.protocol_errors += 1
-                        log.warning("%s: second handshake ignored", self.name)
+            readable, _, _ = select.select([self._stdout_fd], [], [], timeout)
+            if not readable:
+                return True
+            data = os.read(self._stdout_fd, 65536)
         except (OSError, ValueError) as exc:
             log.warning("%s: stdout read failed: %s", self.name, exc)
+            data = b""
+        if data:
+            frames = self._decoder.feed(data)
+        else:
+            frames = self._decoder.finish()
+            self._eof = True
+        for frame in frames:
+            self._dispatch(frame)
+        return not self._eof
+
+    def _finish_eof(self) -> None:
+        with self._lock:
+            if self._eof_handled:
+                return
+            self._eof_handled = True
         exit_desc = self._describe_exit()
         self._mark_lost(f"{self._kill_reason} and {exit_desc}" if self._kill_reason else exit_desc)
+
+    def _dispatch(self, frame: Any) -> None:
+        self.last_seen = time.monotonic()
+        msg = codec.decode_worker_message(frame)
+        if isinstance(msg, DecodeFailure):
+            self.protocol_errors += 1
+            log.warning("%s: not a protocol message (%s): %s", self.name, msg.code, msg.message)
+        elif isinstance(msg, Response):
+            self._on_response(msg)
+        elif isinstance(msg, Event):
+            self._on_event(msg)
+        elif isinstance(msg, Hello):
+            if self.hello is None:
+                self.hello = msg
+                self._hello_ready.set()
+            else:
+                self.protocol_errors += 1
+                log.warning("%s: second handshake ignored", self.name)
 
     def _on_response(self, msg: Response) -> None:
         if msg.id is None:

@@ -40,8 +40,8 @@ class RequestTimeout(WorkerError):
 class WorkerStartError(WorkerError):
     """The worker could not be spawned, or never completed the handshake."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.WORKER_START_FAILED, message, False)
+    def __init__(self, message: str, code: str = ErrorCode.WORKER_START_FAILED) -> None:
+        super().__init__(code, message, False)
 
 
 class NoWorkerAvailable(WorkerError):

@@ -1,8 +1,9 @@
 """Frames: one JSON message per line, read and written on binary streams.
 
 This module knows bytes and lines, nothing about what a message means (that is
-``codec``'s job, and dispatch is the worker's). A frame that is too long is consumed to
-its end and reported, so the stream stays in sync.
+``codec``'s job, and dispatch is the worker's or the client's). ``FrameDecoder`` is
+sans-IO: feed it whatever bytes arrived, get back whole frames; a line that is too long
+is discarded to its end and reported, so the stream stays in sync.
 """
 
 from __future__ import annotations
@@ -22,41 +23,85 @@ class Oversized:
 Frame = Union[bytes, Oversized]
 
 
-class FrameReader:
-    """Reads newline-terminated frames of at most ``max_bytes`` (newline excluded)."""
+class FrameDecoder:
+    """Splits a byte stream into frames of at most ``max_bytes`` (newline excluded).
 
-    def __init__(self, stream: BinaryIO, max_bytes: int) -> None:
+    Blank lines are keep-alives and yield nothing; a trailing ``\\r`` is dropped."""
+
+    def __init__(self, max_bytes: int) -> None:
         if max_bytes < 2:
             raise ValueError(f"max_bytes must be at least 2, got {max_bytes}")
-        self._stream = stream
         self._max = max_bytes
+        self._buf = bytearray()
+        self._skipping: Union[int, None] = None  # bytes of an oversized line seen so far
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if not self._buf and self._skipping is None and data.endswith(b"\n") and data.count(b"\n") == 1:
+            # The common case, one whole frame per read: no buffer juggling.
+            out: list[Frame] = []
+            self._emit(data[:-1], out)
+            return out
+        out = []
+        self._buf += data
+        start = 0
+        while True:
+            nl = self._buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if self._skipping is not None:
+                out.append(Oversized(self._skipping + nl - start))
+                self._skipping = None
+            else:
+                self._emit(bytes(self._buf[start:nl]), out)
+            start = nl + 1
+        del self._buf[:start]
+        if len(self._buf) > self._max:  # no newline in sight: drop what we have, remember its size
+            self._skipping = (self._skipping or 0) + len(self._buf)
+            self._buf.clear()
+        return out
+
+    def finish(self) -> list[Frame]:
+        """At EOF: a last line without a newline, handed over for the decoder to judge."""
+        out: list[Frame] = []
+        if self._skipping is not None:
+            out.append(Oversized(self._skipping + len(self._buf)))
+        elif self._buf.strip():
+            self._emit(bytes(self._buf), out)
+        self._buf.clear()
+        self._skipping = None
+        return out
+
+    def _emit(self, line: bytes, out: list[Frame]) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self._max:
+            out.append(Oversized(len(line)))
+        elif line.strip():
+            out.append(line)
+
+
+class FrameReader:
+    """Blocking frame reads from a stream (the worker's stdin)."""
+
+    def __init__(self, stream: BinaryIO, max_bytes: int) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max_bytes)
+        self._ready: list[Frame] = []
+        self._eof = False
 
     def read(self) -> Union[Frame, None]:
-        """The next non-empty frame without its newline, an ``Oversized`` marker, or None at EOF."""
-        while True:
-            line = self._stream.readline(self._max + 1)
-            if not line:
+        """The next frame, or None at EOF."""
+        while not self._ready:
+            if self._eof:
                 return None
-            if line.endswith(b"\n"):
-                line = line[:-1]
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                if line.strip():
-                    return line
-                continue  # blank lines are keep-alives, not messages
-            if len(line) <= self._max:
-                # EOF in the middle of a line: hand over what we have, the decoder judges it.
-                return line if line.strip() else None
-            return self._skip_rest(len(line))
-
-    def _skip_rest(self, seen: int) -> Oversized:
-        while True:
-            chunk = self._stream.readline(65536)
-            if not chunk:
-                return Oversized(seen)
-            seen += len(chunk)
-            if chunk.endswith(b"\n"):
-                return Oversized(seen - 1)
+            read1 = getattr(self._stream, "read1", None)
+            data = read1(65536) if read1 is not None else self._stream.read(65536)
+            if data:
+                self._ready = self._decoder.feed(data)
+            else:
+                self._eof = True
+                self._ready = self._decoder.finish()
+        return self._ready.pop(0)
 
 
 class FrameWriter:
@@ -69,12 +114,15 @@ class FrameWriter:
     def write(self, payload: bytes) -> None:
         if b"\n" in payload:
             raise ValueError("a frame must not contain a newline")
-        data = memoryview(payload + b"\n")
+        data = payload + b"\n"
         with self._lock:
-            # An unbuffered stream may take part of a large frame per call.
-            while data:
-                written = self._stream.write(data)
-                data = data[written if written is not None else len(data):]
+            written = self._stream.write(data)
+            if written is not None and written < len(data):
+                # An unbuffered stream may take part of a large frame per call.
+                rest = memoryview(data)[written:]
+                while rest:
+                    n = self._stream.write(rest)
+                    rest = rest[n if n is not None else len(rest):]
             self._stream.flush()
 
     def close(self) -> None:

@@ -66,6 +66,7 @@ class _Queued:
     spec: OperationSpec = field(compare=False)
     params: Any = field(compare=False)
     ctx: RequestContext = field(compare=False)
+    answered: bool = field(default=False, compare=False)  # cancelled while queued
 
 
 class WorkerServer:
@@ -202,7 +203,9 @@ class WorkerServer:
             item = self._queued_ids.get(target)
             if item is not None and item is not self._running:
                 item.ctx.cancel()
-                return "queued-cancelled"  # the executor answers CANCELLED when it pops it
+                item.answered = True  # answered now, not when its turn comes; the executor skips it
+                self._error(target, ErrorCode.CANCELLED, "cancelled by the host while queued")
+                return "queued-cancelled"
             if self._running is not None and self._running.request.id == target:
                 self._running.ctx.cancel()
                 return "running-cancel-requested"
@@ -231,6 +234,9 @@ class WorkerServer:
                 if not self._queue:
                     return
                 item = heapq.heappop(self._queue)
+                if item.answered:
+                    self._queued_ids.pop(item.request.id, None)
+                    continue
                 if self._stopping and not self._drain:
                     self._queued_ids.pop(item.request.id, None)
                     self._error(item.request.id, ErrorCode.SHUTTING_DOWN,

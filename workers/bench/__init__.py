@@ -1,0 +1,1 @@
+"""Benchmarks of the runtime's plumbing (figures, not pass/fail tests)."""
