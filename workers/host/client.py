@@ -442,16 +442,18 @@ class WorkerClient:
                 return
             self._lost_reason = reason
             pending, self._pending = list(self._pending.values()), {}
-        for p in pending:
-            p._resolve(None, WorkerLost(f"{self.name} (pid {self.pid}) {reason} with the request in flight",
-                                        p.id, p.op))
-        if pending:
-            log.warning("%s %s: failed %d in-flight request(s)", self.name, reason, len(pending))
+        # Supervisors first: by the time a caller sees WORKER_LOST, its pool already knows the
+        # worker is gone and will not hand the dead client out again.
         for cb in self._lost_callbacks:
             try:
                 cb(self, reason)
             except Exception:
                 log.exception("%s: on_lost callback failed", self.name)
+        for p in pending:
+            p._resolve(None, WorkerLost(f"{self.name} (pid {self.pid}) {reason} with the request in flight",
+                                        p.id, p.op))
+        if pending:
+            log.warning("%s %s: failed %d in-flight request(s)", self.name, reason, len(pending))
 
     # ---- shutdown ------------------------------------------------------------------------
     def kill(self, reason: str = "") -> None:
