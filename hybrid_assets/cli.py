@@ -44,7 +44,9 @@ def _run(args: argparse.Namespace) -> int:
             resources["worker_pool"] = {"config": {"worker_cmd": shlex.join(build.worker_cmd)}}
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     job = defs.resolve_job_def(JOB_NAME)
-    result = job.execute_in_process(run_config={"resources": resources}, instance=instance,
+    # Dagster's console at INFO: the step's own log lines, not every DEBUG engine event.
+    run_config = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    result = job.execute_in_process(run_config=run_config, instance=instance,
                                     raise_on_error=False, tags={"hybrid/launched_by": "cli"})
     store = MetricsStore(Path(args.store) if args.store else default_store_path())
     verdicts = _print_summary(store, result.run_id)

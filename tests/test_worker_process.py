@@ -30,11 +30,18 @@ class RawWorker:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
-    def read(self) -> dict:
+    def read_any(self) -> dict:
         assert self.proc.stdout
         line = self.proc.stdout.readline()
         assert line, "worker closed stdout"
         return json.loads(line)  # every line the worker writes must be JSON
+
+    def read(self) -> dict:
+        """The next message that is not a log event (warnings travel as log events too)."""
+        while True:
+            msg = self.read_any()
+            if not (msg["type"] == "event" and msg["event"] == "log"):
+                return msg
 
     def close(self) -> tuple[int, bytes]:
         assert self.proc.stdin
@@ -178,3 +185,13 @@ def test_cancelling_a_queued_request_answers_at_once(raw: RawWorker) -> None:
     while m["type"] != "response":
         m = raw.read()
     assert m["id"] == "busy" and m["ok"]  # and "q" is never answered twice
+
+
+def test_worker_warnings_reach_the_host_as_log_events(raw: RawWorker) -> None:
+    raw.send(b"not json\n")
+    got = [raw.read_any(), raw.read_any()]
+    kinds = {m["type"] for m in got}
+    assert kinds == {"event", "response"}
+    log_event = next(m for m in got if m["type"] == "event")
+    assert log_event["event"] == "log" and log_event["data"]["level"] == "WARNING"
+    assert "PARSE_ERROR" in log_event["data"]["message"]

@@ -125,6 +125,8 @@ class WorkerServer:
     def serve(self) -> int:
         """Run until shutdown or EOF on stdin; the exit status."""
         self.send(self.hello())
+        # Warnings and errors also travel to the host as log events (stderr keeps everything).
+        logging.getLogger().addHandler(_ProtocolLogHandler(self))
         executor = threading.Thread(target=self._execute_loop, name="executor", daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         executor.start()
@@ -289,3 +291,17 @@ class WorkerServer:
                 "seq": seq, "uptime_ms": round((time.monotonic() - self._started) * 1e3, 1),
                 "busy": busy, "queued": queued,
             }))
+
+
+class _ProtocolLogHandler(logging.Handler):
+    def __init__(self, server: WorkerServer) -> None:
+        super().__init__(level=logging.WARNING)
+        self._server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not break the worker
+            message = str(record.msg)
+        self._server.send(Event(event="log", data={"level": record.levelname, "logger": record.name,
+                                                   "message": message[:2000]}))
