@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import socket
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import psutil
 
 from hybrid_assets.runners.ground_truth import observe
+from workers.runtime.devices import cpu_model, usable_cpus
 
 LIBRARIES = ("torch", "diffusers", "transformers", "msgspec", "duckdb", "great-expectations", "dagster")
 
@@ -42,26 +42,12 @@ def _version(dist: str) -> str:
         return "absent"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def fingerprint() -> Testbed:
     truth = observe()
     gpus = [f"{d.compute_capability}:{d.memory_total}" for d in truth.gpus]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = usable_cpus()
     fp: dict[str, Any] = {
-        "cpu": _cpu_model(), "cpu_cores": cores, "machine": platform.machine(),
+        "cpu": cpu_model(), "cpu_cores": cores, "machine": platform.machine(),
         "memory_bytes": int(psutil.virtual_memory().total), "gpus": gpus, "nvml": truth.nvml_status,
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "libraries": {lib: _version(lib) for lib in LIBRARIES},

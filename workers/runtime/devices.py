@@ -51,7 +51,8 @@ def _probe_dtypes(torch: Any, device: str) -> list[str]:
     return supported
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux), else what the platform says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -60,6 +61,14 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity), which containers often cap."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _cpu_flags() -> list[str]:
@@ -86,7 +95,7 @@ def _cpu_device(torch: Any, probe: bool) -> DeviceInfo:
     else:
         dtypes = ["float32", "float64", "int8", "int32"]
     return DeviceInfo(
-        id="cpu:0", kind="cpu", name=_cpu_model(), memory_total=int(vm.total),
+        id="cpu:0", kind="cpu", name=cpu_model(), memory_total=int(vm.total),
         memory_free=int(vm.available), dtypes=dtypes, cores=cores, isa=_cpu_flags(),
         source="torch" if torch is not None and probe else "os",
         assessment_ms=(time.perf_counter() - t0) * 1e3,
