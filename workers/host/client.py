@@ -357,6 +357,20 @@ class WorkerClient:
             self._eof_handled = True
         exit_desc = self._describe_exit()
         self._mark_lost(f"{self._kill_reason} and {exit_desc}" if self._kill_reason else exit_desc)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        """A lost worker's pipes are closed, or every replacement leaks descriptors. stdout is
+        closed under the read role, so nobody selects on a number the kernel may reuse."""
+        assert self._proc is not None
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
+        with self._read_lock:
+            if self._proc.stdout is not None and not self._proc.stdout.closed:
+                self._proc.stdout.close()
 
     def _dispatch(self, frame: Any) -> None:
         self.last_seen = time.monotonic()
@@ -417,6 +431,7 @@ class WorkerClient:
             line = raw.decode("utf-8", "replace").rstrip()
             self._stderr_tail.append(line)
             log.debug("%s stderr: %s", self.name, line)
+        self._proc.stderr.close()
 
     def _describe_exit(self) -> str:
         assert self._proc is not None
@@ -454,6 +469,18 @@ class WorkerClient:
                                         p.id, p.op))
         if pending:
             log.warning("%s %s: failed %d in-flight request(s)", self.name, reason, len(pending))
+
+    # ---- fault injection (from outside the protocol) -----------------------------------------
+    def close_stdin(self) -> None:
+        """Close the worker's stdin: it finishes queued work and exits; later requests fail."""
+        if self._writer is not None:
+            self._writer.close()
+
+    def write_raw(self, data: bytes) -> None:
+        """Write bytes onto the worker's stdin unframed, as damage in transit would."""
+        if self._writer is None:
+            raise WorkerLost(f"{self.name} is not running")
+        self._writer.write_raw(data)
 
     # ---- shutdown ------------------------------------------------------------------------
     def kill(self, reason: str = "") -> None:

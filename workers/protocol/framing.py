@@ -125,6 +125,12 @@ class FrameWriter:
                     rest = rest[n if n is not None else len(rest):]
             self._stream.flush()
 
+    def write_raw(self, data: bytes) -> None:
+        """Bytes as they are, unframed (fault injection: corruption in transit)."""
+        with self._lock:
+            self._stream.write(data)
+            self._stream.flush()
+
     def close(self) -> None:
         with self._lock:
             self._stream.close()
