@@ -1,10 +1,17 @@
-"""Command line: run the validation job and print the verdicts.
+"""Command line: run the validation job, print the verdicts, write the reports.
 
-    python -m hybrid_assets run [--profile smoke] [--store PATH] [--worker-cmd CMD] [--strict]
+    python -m hybrid_assets run [--profile smoke] [--case ID ...] [--section 1.1 ...] [--part 1 ...]
+                                [--store PATH] [--worker-cmd CMD] [--manifest FILE] [--reports DIR]
+    python -m hybrid_assets report [--run RUN_ID] [--store PATH] [--reports DIR]
     python -m hybrid_assets summary [--run RUN_ID] [--store PATH]
 
-``run`` executes the Dagster job in-process against the instance in $DAGSTER_HOME (so
-the run shows in ``dagster dev``), or an ephemeral instance when it is unset.
+``run`` executes the Dagster job in-process against the instance in $DAGSTER_HOME (so the
+run shows in ``dagster dev``), or an ephemeral instance when it is unset, and writes
+report.md, report.html and junit.xml to var/reports/<run id>/.
+
+Exit status of ``run``: 0 when every check of the selected cases passed (SKIPPED lines
+allowed), 1 when any line is FAIL, INVALID or ERROR, 2 when the run itself could not be
+made (bad selection, bad manifest, the Dagster run failed).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any, Union
 
-from hybrid_assets.catalog import PROFILES
+from hybrid_assets.catalog import PROFILES, Case, CatalogError, load_catalog
+from hybrid_assets.dagster_defs.factory import asset_key
+from hybrid_assets.report import RunReport, build_report, write_reports
 from hybrid_assets.store import MetricsStore, default_store_path
 
 
@@ -42,29 +51,62 @@ def _run(args: argparse.Namespace) -> int:
         resources["build"] = {"config": {"manifest_path": str(Path(args.manifest).resolve())}}
         if build.worker_cmd and not args.worker_cmd:
             resources["worker_pool"] = {"config": {"worker_cmd": shlex.join(build.worker_cmd)}}
+    try:
+        selected = select_cases(load_catalog(), args.case, args.section, args.part)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     job = defs.resolve_job_def(JOB_NAME)
     # Dagster's console at INFO: the step's own log lines, not every DEBUG engine event.
     run_config = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    result = job.execute_in_process(run_config=run_config, instance=instance,
-                                    raise_on_error=False, tags={"hybrid/launched_by": "cli"})
+    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                    asset_selection=[asset_key(c) for c in selected],
+                                    tags={"hybrid/launched_by": "cli"})
     store = MetricsStore(Path(args.store) if args.store else default_store_path())
-    verdicts = _print_summary(store, result.run_id)
+    _print_summary(store, result.run_id)
     if not result.success:
         print(f"\nthe Dagster run {result.run_id} failed; see its logs above", file=sys.stderr)
         return 2
-    if args.strict and any(v != "PASS" for v in verdicts):
-        return 1
-    return 0
+    report = _write_reports(store, result.run_id, args.reports)
+    return 0 if report.all_checks_passed else 1
+
+
+def select_cases(cases: list[Case], ids: list[str], sections: list[str], parts: list[int]) -> list[Case]:
+    """The cases matching every given filter (all cases when none is given); unknown names
+    are errors, so a typo never silently selects nothing."""
+    known_ids, known_sections = {c.id for c in cases}, {s for c in cases for s in (c.section, *c.also_covers)}
+    unknown = [i for i in ids if i not in known_ids] + [s for s in sections if s not in known_sections]
+    if unknown:
+        raise CatalogError(f"no case matches {unknown}; known sections: {sorted(known_sections)}")
+    chosen = [c for c in cases
+              if (not ids or c.id in ids)
+              and (not sections or {c.section, *c.also_covers} & set(sections))
+              and (not parts or c.part in parts)]
+    if not chosen:
+        raise CatalogError("the selection matches no case")
+    return chosen
+
+
+def _write_reports(store: MetricsStore, run_id: str, directory: Union[str, None]) -> RunReport:
+    report = build_report(store, run_id, load_catalog())
+    paths = write_reports(report, Path(directory) if directory else Path("var/reports") / run_id)
+    print(f"\nreports: {paths['markdown']}, {paths['html']}, {paths['junit']}")
+    print(f"production readiness: {'READY' if report.production_ready else 'NOT READY'} "
+          + "; ".join(f"{c.name}: {c.evidence}" for c in report.criteria))
+    return report
+
+
+def _latest_run_id(store: MetricsStore) -> Union[str, None]:
+    latest = store.query("SELECT run_id FROM v_runs ORDER BY last_write_at DESC LIMIT 1")
+    return None if latest.empty else str(latest.iloc[0, 0])
 
 
 def _print_summary(store: MetricsStore, run_id: Union[str, None]) -> list[str]:
+    run_id = run_id or _latest_run_id(store)
     if run_id is None:
-        latest = store.query("SELECT run_id FROM v_runs ORDER BY last_write_at DESC LIMIT 1")
-        if latest.empty:
-            print(f"no runs in {store.path}")
-            return []
-        run_id = str(latest.iloc[0, 0])
+        print(f"no runs in {store.path}")
+        return []
     runs = store.query("SELECT * FROM v_runs WHERE run_id = ?", [run_id])
     if runs.empty:
         print(f"run {run_id} wrote nothing to {store.path}")
@@ -98,7 +140,14 @@ def main(argv: Union[list[str], None] = None) -> int:
     run.add_argument("--store", help="DuckDB file (default $HYBRID_DUCKDB_PATH or var/hybrid.duckdb)")
     run.add_argument("--worker-cmd", help="worker command line (default $HYBRID_WORKER_CMD or the bundled worker)")
     run.add_argument("--manifest", help="build manifest JSON naming the build under test")
-    run.add_argument("--strict", action="store_true", help="exit 1 unless every case passes")
+    run.add_argument("--case", action="append", default=[], metavar="ID", help="select a case (repeatable)")
+    run.add_argument("--section", action="append", default=[], metavar="X.Y", help="select a spec section")
+    run.add_argument("--part", action="append", default=[], type=int, choices=(1, 2, 3, 4), help="select a part")
+    run.add_argument("--reports", metavar="DIR", help="where to write the reports (default var/reports/<run id>)")
+    rep = sub.add_parser("report", help="write the reports of a stored run")
+    rep.add_argument("--run", help="run id (default: the latest)")
+    rep.add_argument("--store")
+    rep.add_argument("--reports", metavar="DIR")
     summary = sub.add_parser("summary", help="print the verdicts of a stored run")
     summary.add_argument("--run", help="run id (default: the latest)")
     summary.add_argument("--store")
@@ -109,5 +158,12 @@ def main(argv: Union[list[str], None] = None) -> int:
     if not store.path.exists():
         print(f"no store at {store.path}", file=sys.stderr)
         return 1
+    if args.command == "report":
+        run_id = args.run or _latest_run_id(store)
+        if run_id is None:
+            print(f"no runs in {store.path}", file=sys.stderr)
+            return 1
+        report = _write_reports(store, run_id, args.reports)
+        return 0 if report.all_checks_passed else 1
     _print_summary(store, args.run)
     return 0
