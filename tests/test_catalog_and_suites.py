@@ -69,3 +69,21 @@ def test_bad_suites_are_named(tmp_path: Path) -> None:
                                      ' "kwargs": {"column": "value", "max_value": 1}, "meta": {"check": "c"}}]}')
     with pytest.raises(SuiteError, match="meta lacks"):
         load_suite("t", tmp_path)
+
+
+def test_catalog_cross_checks_name_entry_and_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from hybrid_assets import runners
+    from hybrid_assets.catalog.checks import validate_catalog
+
+    case = load_catalog()[0]
+    validate_catalog([case])  # the real catalog is consistent
+    with pytest.raises(CatalogError, match=r"entry 'cold_start_device_discovery', field 'runner': .*no runner"):
+        validate_catalog([dataclasses.replace(case, runner="device.typo")])
+    with pytest.raises(CatalogError, match=r"field 'suite'.*not found"):
+        validate_catalog([dataclasses.replace(case, suite="no.such.suite")])
+    narrow = runners.RunnerSpec(case.runner, frozenset({"round_trip_s", "comm_error"}), None)
+    monkeypatch.setattr(runners, "_registry", lambda: {narrow.name: narrow})
+    with pytest.raises(CatalogError, match=r"judges \['capability_assessment_s'.*does not produce"):
+        validate_catalog([case])

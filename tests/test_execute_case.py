@@ -29,7 +29,8 @@ def test_failing_runner_is_error_and_keeps_its_samples(tmp_path: Path, monkeypat
             ctx.recorder.record("round_trip_s", 0.001 * i, "s")
         raise RuntimeError("the harness broke")
 
-    monkeypatch.setattr(runners, "_registry", lambda: {"test.half_then_crash": half_then_crash})
+    spec = runners.RunnerSpec("test.half_then_crash", frozenset({"round_trip_s"}), half_then_crash)
+    monkeypatch.setattr(runners, "_registry", lambda: {spec.name: spec})
     case = dataclasses.replace(load_catalog()[0], runner="test.half_then_crash")
     run = RunInfo("run-err", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
                   ["worker"], dt.datetime(2026, 12, 4))
@@ -49,3 +50,15 @@ def test_unknown_runner_is_error_not_a_crash(tmp_path: Path) -> None:
                   ["worker"], dt.datetime(2026, 12, 4))
     executed = execute_case(case, run, _NoPool(), MetricsStore(tmp_path / "m.duckdb"))  # type: ignore[arg-type]
     assert executed.outcome.verdict is Verdict.ERROR and "no runner named 'nope.missing'" in executed.outcome.reason
+
+
+def test_planned_runner_records_not_implemented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned = runners.RunnerSpec("device.hot_swap", frozenset({"round_trip_s"}), None)
+    monkeypatch.setattr(runners, "_registry", lambda: {planned.name: planned})
+    case = dataclasses.replace(load_catalog()[0], runner="device.hot_swap")
+    run = RunInfo("run-p", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
+                  ["worker"], dt.datetime(2026, 12, 4))
+    store = MetricsStore(tmp_path / "m.duckdb")
+    executed = execute_case(case, run, _NoPool(), store)  # type: ignore[arg-type]
+    assert executed.outcome.verdict is Verdict.ERROR and "not implemented" in executed.outcome.reason
+    assert store.query("SELECT verdict FROM v_verdicts").verdict[0] == "ERROR"

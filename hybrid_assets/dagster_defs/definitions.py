@@ -4,6 +4,7 @@
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from hybrid_assets.catalog import load_catalog
+from hybrid_assets.catalog.checks import validate_catalog
 from hybrid_assets.dagster_defs.factory import build_case_asset
 from hybrid_assets.dagster_defs.resources import (
     BuildResource,
@@ -19,6 +20,7 @@ JOB_NAME = "hybrid_validation"
 
 def build_definitions() -> Definitions:
     cases = load_catalog()
+    validate_catalog(cases)  # a half-configured catalog never loads
     assets = [build_case_asset(case, load_suite(case.suite)) for case in cases]
     # In-process: the worker pool starts once per run and is shared by every case, and
     # no two cases measure on the testbed at the same time.

@@ -1,7 +1,10 @@
 """Runners: the code that drives workers for a test case and records what it measured.
 
 A runner receives a ``RunnerContext`` and writes samples into ``ctx.recorder``; it never
-judges (the suite does). Registry: name (as the catalog says it) -> function.
+judges (the suite does). Each runner declares the metrics it produces, so a suite that
+judges a metric nobody measures is refused when the catalog loads. A runner may be
+*planned*: declared with its metrics, not written yet; its case records ERROR "not
+implemented", never a fake result.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from hybrid_assets.harness.results import Recorder
 from workers.host.pool import WorkerPool
@@ -29,17 +32,36 @@ class RunnerContext:
 Runner = Callable[[RunnerContext], None]
 
 
-def _registry() -> dict[str, Runner]:
+@dataclass(frozen=True)
+class RunnerSpec:
+    name: str
+    metrics: frozenset[str]
+    fn: Union[Runner, None]  # None: planned, not implemented yet
+
+
+class RunnerNotImplemented(NotImplementedError):
+    pass
+
+
+def _registry() -> dict[str, RunnerSpec]:
     from hybrid_assets.runners import device_discovery
 
-    return {"device.cold_start_discovery": device_discovery.cold_start_discovery}
+    specs = [RunnerSpec("device.cold_start_discovery", device_discovery.METRICS, device_discovery.cold_start_discovery)]
+    return {s.name: s for s in specs}
 
 
-def get_runner(name: str) -> Runner:
+def runner_spec(name: str) -> RunnerSpec:
     runners = _registry()
     if name not in runners:
         raise KeyError(f"no runner named {name!r}; known: {sorted(runners)}")
     return runners[name]
+
+
+def get_runner(name: str) -> Runner:
+    spec = runner_spec(name)
+    if spec.fn is None:
+        raise RunnerNotImplemented(f"runner {name!r} is planned but not implemented yet")
+    return spec.fn
 
 
 def runner_names() -> set[str]:

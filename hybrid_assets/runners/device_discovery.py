@@ -15,6 +15,12 @@ from hybrid_assets.runners import RunnerContext
 from hybrid_assets.runners.ground_truth import ExpectedDevice, GroundTruth, observe
 from workers.host import WorkerClient, WorkerError
 
+METRICS = frozenset({
+    "connection_time_s", "discovery_time_s", "discovery_internal_s", "discovery_rss_delta_mb", "device_count_match",
+    "capability_completeness", "memory_capacity_error", "capability_assessment_s", "gpu_compute_capability_valid",
+    "round_trip_s", "comm_error",
+})
+
 REQUIRED_FIELDS = {
     "cpu": ("name", "memory_total", "memory_free", "dtypes", "cores"),
     "cuda": ("name", "memory_total", "memory_free", "dtypes", "compute_capability", "driver_version"),
