@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 # Nothing is fetched from a model hub at run time, ever.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast lint schema bench dev summary clean
+.PHONY: setup run test test-fast lint schema coverage bench bench-load dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,13 @@ run: setup
 summary: setup
 	$(BIN)/python -m hybrid_assets summary
 
+report: setup
+	$(BIN)/python -m hybrid_assets report
+
 test: setup
 	$(BIN)/ruff check workers hybrid_assets tests
 	$(BIN)/python -m workers.protocol.schema --check
+	$(BIN)/python -m hybrid_assets.catalog.coverage --check
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -46,8 +50,14 @@ lint: setup
 schema: setup
 	$(BIN)/python -m workers.protocol.schema --write
 
+coverage: setup
+	$(BIN)/python -m hybrid_assets.catalog.coverage --write
+
 bench: setup
 	$(BIN)/python -m workers.bench.ipc
+
+bench-load: setup
+	$(BIN)/python -m hybrid_assets.load.bench
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
