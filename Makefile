@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 # Nothing is fetched from a model hub at run time, ever.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast lint schema coverage bench bench-load dev summary report clean
+.PHONY: setup run test test-fast lint schema suites coverage bench bench-load dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ report: setup
 test: setup
 	$(BIN)/ruff check workers hybrid_assets tests
 	$(BIN)/python -m workers.protocol.schema --check
+	$(BIN)/python -m hybrid_assets.catalog.suites --check
 	$(BIN)/python -m hybrid_assets.catalog.coverage --check
 	$(BIN)/python -m pytest
 
@@ -50,7 +51,10 @@ lint: setup
 schema: setup
 	$(BIN)/python -m workers.protocol.schema --write
 
-coverage: setup
+suites: setup
+	$(BIN)/python -m hybrid_assets.catalog.suites --write
+
+coverage: setup suites
 	$(BIN)/python -m hybrid_assets.catalog.coverage --write
 
 bench: setup

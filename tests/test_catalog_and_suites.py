@@ -45,7 +45,7 @@ def test_unknown_profile_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     ("version: 1\ncases: [{id: Bad-Id, part: 1, section: '1.1', domain: device, title: t, description: d,"
      " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "lower_snake_case"),
     ("version: 1\ncases: [{id: a, part: 1, section: '2.1', domain: device, title: t, description: d,"
-     " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "match the part"),
+     " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "does not belong to part 1"),
     ("version: 1\ncases: [{id: a, part: 1, section: '1.1', domain: gpu, title: t, description: d,"
      " runner: r, suite: s, params: {smoke: {}, standard: {}, spec: {}}}]", "domain"),
     ("version: 1\ncases: [{id: a, part: 1, section: '1.1', domain: device, title: t, description: d,"
@@ -87,3 +87,58 @@ def test_catalog_cross_checks_name_entry_and_field(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(runners, "_registry", lambda: {narrow.name: narrow})
     with pytest.raises(CatalogError, match=r"judges \['capability_assessment_s'.*does not produce"):
         validate_catalog([case])
+
+
+def _entry(**line_overrides: object) -> str:
+    line = {"check": "c", "metric": "m_s", "statistic": "p90", "comparison": "<=", "threshold": 1.0, "unit": "s",
+            "spec_lines": ["1.1:workflow_stages/0/test_scenarios/0/success_criteria/discovery_time"]}
+    line.update(line_overrides)
+    import yaml
+
+    return yaml.safe_dump({"version": 1, "part": 1, "cases": [{
+        "id": "a", "section": "1.1", "domain": "device", "title": "t", "description": "d", "runner": "device.x",
+        "params": {"smoke": {}, "standard": {}, "spec": {}}, "lines": [line]}]})
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"statistic": "p42"}, "field 'statistic'"),
+    ({"comparison": "<"}, "field 'comparison'"),
+    ({"threshold": "fast"}, "field 'threshold'"),
+    ({"spec_lines": []}, "field 'spec_lines'"),
+    ({"spec_lines": ["discovery_time"]}, "field 'spec_lines'"),
+    ({"metric": "Bad Metric"}, "field 'metric'"),
+    ({"check": "no spaces allowed"}, "field 'check'"),
+    ({"min_samples": 0}, "field 'min_samples'"),
+])
+def test_bad_lines_are_named_with_entry_and_field(tmp_path: Path, overrides: dict, problem: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(_entry(**overrides))
+    with pytest.raises(CatalogError, match=problem) as info:
+        load_catalog(path)
+    assert "entry 'a'" in str(info.value)
+
+
+def test_validate_reports_unknown_spec_line_runner_and_metric(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hybrid_assets.catalog import validate
+
+    path = tmp_path / "p.yaml"
+    path.write_text(_entry(spec_lines=["1.1:no/such/line"]))
+    assert validate.main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "'1.1:no/such/line' is not a threshold line" in out
+    assert "'device.x' is neither implemented nor planned" in out
+
+
+def test_generated_suites_are_current_and_match_their_lines() -> None:
+    import json
+
+    from hybrid_assets.catalog import suites
+
+    rendered = suites.render_all()
+    assert rendered, "no generated suite"
+    for name, text in rendered.items():
+        assert (suites.EXPECTATIONS_DIR / name).read_text() == text, f"{name} is stale: run `make suites`"
+    doc = json.loads(rendered["part1.cold_start_device_discovery.json"])
+    rt = next(e for e in doc["expectations"] if e["meta"]["check"] == "round_trip_p99_under_10ms")
+    assert rt["kwargs"]["quantile_ranges"] == {"quantiles": [0.99], "value_ranges": [[None, 0.01]]}
+    assert rt["meta"]["spec_text"].startswith("4.1 latency: under_10_milliseconds_round_trip")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from hybrid_assets.catalog import CatalogError, load_catalog
-from hybrid_assets.catalog.loader import CATALOG_PATH
+from hybrid_assets.catalog.loader import CATALOG_DIR
 from hybrid_assets.cli import main, select_cases
 from hybrid_assets.harness.results import Verdict
 from hybrid_assets.report import build_report, to_html, to_junit, to_markdown
@@ -67,7 +67,7 @@ def test_selection_by_case_section_and_part() -> None:
 @pytest.mark.subprocess
 @pytest.mark.dagster
 def test_cli_run_exits_1_when_a_check_fails(tmp_path: Path) -> None:
-    catalog = yaml.safe_load(CATALOG_PATH.read_text())
+    catalog = yaml.safe_load((CATALOG_DIR / "part1.yaml").read_text())
     for case in catalog["cases"]:
         for profile in case["params"]:
             case["params"][profile] = {"cold_starts": 3, "round_trips": 60}

@@ -116,7 +116,7 @@ PREAMBLE = """\
 
 Which threshold lines of the spec (`spec/000_cbbc6f41f8099de3.txt`, a verbatim copy of
 `../shared/spec/000_cbbc6f41f8099de3.txt`) the catalog encodes **today**, and which it does not.
-It is generated from the spec, `hybrid_assets/catalog/cases.yaml` and `expectations/*.json`; after
+It is generated from the spec, `hybrid_assets/catalog/cases/*.yaml` and `expectations/*.json`; after
 adding a case or an expectation, run `make coverage` (or
 `.venv/bin/python -m hybrid_assets.catalog.coverage --write`).
 

@@ -277,3 +277,22 @@ def load_spec_lines(path: Union[Path, None] = None) -> list[SpecLine]:
 def threshold_lines(lines: Union[Iterable[SpecLine], None] = None) -> list[SpecLine]:
     """The threshold lines among ``lines`` (default: every line of the default spec)."""
     return [line for line in (load_spec_lines() if lines is None else lines) if line.is_threshold]
+
+
+def main(argv: Union[list[str], None] = None) -> int:
+    """``python -m hybrid_assets.catalog.spec_lines [--section 2.1] [--all]``: print line ids."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hybrid_assets.catalog.spec_lines", description=main.__doc__)
+    p.add_argument("--section", action="append", default=[], help="only these sections (repeatable)")
+    p.add_argument("--all", action="store_true", help="every leaf, not only threshold lines")
+    args = p.parse_args(argv)
+    for line in load_spec_lines():
+        if (args.all or line.is_threshold) and (not args.section or line.section in args.section):
+            q = "" if not line.is_threshold else (" [quantitative]" if line.quantitative else " [qualitative]")
+            print(f"{line.section}:{line.path}  {line.kind}{q}  = {line.text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

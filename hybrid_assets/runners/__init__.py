@@ -45,9 +45,14 @@ class RunnerNotImplemented(NotImplementedError):
 
 def _registry() -> dict[str, RunnerSpec]:
     from hybrid_assets.runners import device_discovery
+    from hybrid_assets.runners.planned import planned_runners
 
-    specs = [RunnerSpec("device.cold_start_discovery", device_discovery.METRICS, device_discovery.cold_start_discovery)]
-    return {s.name: s for s in specs}
+    implemented = [
+        RunnerSpec("device.cold_start_discovery", device_discovery.METRICS, device_discovery.cold_start_discovery),
+    ]
+    specs = {name: RunnerSpec(name, metrics, None) for name, metrics in planned_runners().items()}
+    specs.update({s.name: s for s in implemented})  # written runners replace their plans
+    return specs
 
 
 def runner_spec(name: str) -> RunnerSpec:
