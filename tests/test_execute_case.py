@@ -62,3 +62,16 @@ def test_planned_runner_records_not_implemented(tmp_path: Path, monkeypatch: pyt
     executed = execute_case(case, run, _NoPool(), store)  # type: ignore[arg-type]
     assert executed.outcome.verdict is Verdict.ERROR and "not implemented" in executed.outcome.reason
     assert store.query("SELECT verdict FROM v_verdicts").verdict[0] == "ERROR"
+
+
+def test_not_implemented_lines_are_error_not_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned = runners.RunnerSpec("device.hot_swap", frozenset({"round_trip_s"}), None)
+    monkeypatch.setattr(runners, "_registry", lambda: {planned.name: planned})
+    case = dataclasses.replace(load_catalog()[0], runner="device.hot_swap")
+    run = RunInfo("run-q", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
+                  ["worker"], dt.datetime(2026, 12, 4))
+    store = MetricsStore(tmp_path / "m.duckdb")
+    execute_case(case, run, _NoPool(), store)  # type: ignore[arg-type]
+    lines = store.query("SELECT verdict, detail FROM v_expectations")
+    assert len(lines) == 12 and set(lines.verdict) == {"ERROR"}
+    assert all("not implemented" in d for d in lines.detail)

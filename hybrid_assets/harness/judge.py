@@ -72,6 +72,17 @@ def judge_expectation(spec: ExpectationSpec, gx: Union[GxResult, None], values: 
     return outcome(Verdict.PASS, f"{claim} over {len(values)} samples", observed)
 
 
+def not_measured(spec: ExpectationSpec, why: str) -> ExpectationOutcome:
+    """An ERROR line: nothing was measured for it (its runner does not exist yet)."""
+    statistic, comparison, threshold, _ = _bounds(spec)
+    return ExpectationOutcome(
+        check_name=spec.check, expectation_type=spec.type, spec_section=str(spec.meta["spec_section"]),
+        spec_text=str(spec.meta["spec_text"]), metric=spec.metric, statistic=statistic, comparison=comparison,
+        threshold=threshold, observed=None, sample_count=0, verdict=Verdict.ERROR, detail=why,
+        unit=str(spec.meta.get("unit", "")),
+    )
+
+
 def judge_suite(suite: Suite, gx_results: Mapping[str, GxResult], values_by_metric: Mapping[str, list[float]],
                 skips: Mapping[str, str], units: Mapping[str, str]) -> list[ExpectationOutcome]:
     return [judge_expectation(spec, gx_results.get(spec.check), list(values_by_metric.get(spec.metric, [])),
