@@ -142,3 +142,15 @@ def test_generated_suites_are_current_and_match_their_lines() -> None:
     rt = next(e for e in doc["expectations"] if e["meta"]["check"] == "round_trip_p99_under_10ms")
     assert rt["kwargs"]["quantile_ranges"] == {"quantiles": [0.99], "value_ranges": [[None, 0.01]]}
     assert rt["meta"]["spec_text"].startswith("4.1 latency: under_10_milliseconds_round_trip")
+
+
+def test_every_threshold_line_of_the_spec_is_encoded_and_parts_meet_the_promised_counts() -> None:
+    from hybrid_assets.catalog.coverage import PROMISED_CASES, build_coverage
+
+    cov = build_coverage()
+    missing = [t.id for t in cov.thresholds if t.id not in cov.encodings]
+    assert not missing, f"threshold lines with no expectation: {missing[:10]}"
+    for part, promised in PROMISED_CASES.items():
+        count = sum(1 for c in cov.cases if c.part == part)
+        assert count >= promised, f"part {part}: {count} cases, the spec promises {promised}"
+    assert not cov.uncited, "every expectation must cite the spec lines it encodes"
