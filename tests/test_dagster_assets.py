@@ -105,3 +105,17 @@ def test_missing_worker_command_fails_the_run_with_a_named_error(tmp_path: Path)
               if "FAILURE" in e.event_type_value and getattr(e.event_specific_data, "error", None)]
     text = " ".join(err.to_string() for err in errors)  # with the chain of causes
     assert "'/no/such/worker' does not exist" in text
+
+
+def test_factory_builds_one_asset_per_case_with_the_checks_of_its_suite() -> None:
+    defs = build_definitions()
+    graph = defs.get_repository_def().asset_graph
+    cases = load_catalog()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {f"{c.group}/{c.id}" for c in cases} and len(keys) == len(cases)
+    checks_by_asset: dict[str, set[str]] = {}
+    for ck in graph.asset_check_keys:
+        checks_by_asset.setdefault(ck.asset_key.to_user_string(), set()).add(ck.name)
+    for case in cases:
+        suite = load_suite(case.suite)
+        assert checks_by_asset[f"{case.group}/{case.id}"] == {e.check for e in suite.expectations}, case.id
