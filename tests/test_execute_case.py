@@ -19,6 +19,11 @@ from hybrid_assets.store import MetricsStore
 from hybrid_assets.testbed import Testbed
 
 
+def _run(run_id: str) -> RunInfo:
+    return RunInfo(run_id, BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
+                   ["worker"], dt.datetime(2026, 12, 4))
+
+
 class _NoPool:
     """The failing runner never asks for a worker."""
 
@@ -32,8 +37,7 @@ def test_failing_runner_is_error_and_keeps_its_samples(tmp_path: Path, monkeypat
     spec = runners.RunnerSpec("test.half_then_crash", frozenset({"round_trip_s"}), half_then_crash)
     monkeypatch.setattr(runners, "_registry", lambda: {spec.name: spec})
     case = dataclasses.replace(load_catalog()[0], runner="test.half_then_crash")
-    run = RunInfo("run-err", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
-                  ["worker"], dt.datetime(2026, 12, 4))
+    run = _run("run-err")
     store = MetricsStore(tmp_path / "m.duckdb")
     executed = execute_case(case, run, _NoPool(), store, logging.getLogger("test"))  # type: ignore[arg-type]
     assert executed.outcome.verdict is Verdict.ERROR and "the harness broke" in executed.outcome.reason
@@ -46,8 +50,7 @@ def test_failing_runner_is_error_and_keeps_its_samples(tmp_path: Path, monkeypat
 
 def test_unknown_runner_is_error_not_a_crash(tmp_path: Path) -> None:
     case = dataclasses.replace(load_catalog()[0], runner="nope.missing")
-    run = RunInfo("run-x", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
-                  ["worker"], dt.datetime(2026, 12, 4))
+    run = _run("run-x")
     executed = execute_case(case, run, _NoPool(), MetricsStore(tmp_path / "m.duckdb"))  # type: ignore[arg-type]
     assert executed.outcome.verdict is Verdict.ERROR and "no runner named 'nope.missing'" in executed.outcome.reason
 
@@ -56,8 +59,7 @@ def test_planned_runner_records_not_implemented(tmp_path: Path, monkeypatch: pyt
     planned = runners.RunnerSpec("device.hot_swap", frozenset({"round_trip_s"}), None)
     monkeypatch.setattr(runners, "_registry", lambda: {planned.name: planned})
     case = dataclasses.replace(load_catalog()[0], runner="device.hot_swap")
-    run = RunInfo("run-p", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
-                  ["worker"], dt.datetime(2026, 12, 4))
+    run = _run("run-p")
     store = MetricsStore(tmp_path / "m.duckdb")
     executed = execute_case(case, run, _NoPool(), store)  # type: ignore[arg-type]
     assert executed.outcome.verdict is Verdict.ERROR and "not implemented" in executed.outcome.reason
@@ -68,8 +70,7 @@ def test_not_implemented_lines_are_error_not_invalid(tmp_path: Path, monkeypatch
     planned = runners.RunnerSpec("device.hot_swap", frozenset({"round_trip_s"}), None)
     monkeypatch.setattr(runners, "_registry", lambda: {planned.name: planned})
     case = dataclasses.replace(load_catalog()[0], runner="device.hot_swap")
-    run = RunInfo("run-q", BuildInfo.local("0.1.0"), Testbed("tb", "h", "cpu", 2, 1, "none", {}), "smoke",
-                  ["worker"], dt.datetime(2026, 12, 4))
+    run = _run("run-q")
     store = MetricsStore(tmp_path / "m.duckdb")
     execute_case(case, run, _NoPool(), store)  # type: ignore[arg-type]
     lines = store.query("SELECT verdict, detail FROM v_expectations")
