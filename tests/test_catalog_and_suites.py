@@ -154,3 +154,13 @@ def test_every_threshold_line_of_the_spec_is_encoded_and_parts_meet_the_promised
         count = sum(1 for c in cov.cases if c.part == part)
         assert count >= promised, f"part {part}: {count} cases, the spec promises {promised}"
     assert not cov.uncited, "every expectation must cite the spec lines it encodes"
+
+
+def test_written_runners_produce_at_least_what_their_plans_promised() -> None:
+    from hybrid_assets import runners
+    from hybrid_assets.runners.planned import planned_runners
+
+    for name, promised in planned_runners().items():
+        spec = runners.runner_spec(name)
+        if spec.fn is not None:
+            assert promised <= spec.metrics, f"{name} lacks {sorted(promised - spec.metrics)}"

@@ -140,6 +140,7 @@ class WorkerClient:
         self.protocol_errors = 0  # frames from the worker that were not valid messages
         self.late_responses = 0  # answers to requests the host had already given up on
         self.unmatched_errors: list[str] = []  # worker errors with no request id
+        self.status_events: collections.deque[Event] = collections.deque(maxlen=10000)  # e.g. memory pressure
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> WorkerClient:
@@ -416,6 +417,9 @@ class WorkerClient:
             self.last_heartbeat = time.monotonic()
         elif ev.event == "log":
             log.log(_level(ev.data.get("level")), "%s: %s", self.name, ev.data.get("message", ""))
+        elif ev.event == "status":
+            self.status_events.append(ev)
+            log.info("%s status: %s", self.name, ev.data)
         elif ev.id is not None:
             with self._lock:
                 pending = self._pending.get(ev.id)

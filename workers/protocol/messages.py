@@ -115,7 +115,7 @@ class Response(msgspec.Struct, tag="response", tag_field="type", omit_defaults=T
     error: Union[ErrorInfo, None] = None
 
 
-EventKind = Literal["progress", "heartbeat", "log"]
+EventKind = Literal["progress", "heartbeat", "log", "status"]
 
 
 class Event(msgspec.Struct, tag="event", tag_field="type", omit_defaults=True):
@@ -123,7 +123,9 @@ class Event(msgspec.Struct, tag="event", tag_field="type", omit_defaults=True):
 
     progress: ``id`` names the request; ``data`` holds ``step``, ``total`` and an optional
     ``message``. heartbeat: ``data`` holds ``seq``, ``uptime_ms``, ``busy`` and ``queued``.
-    log: ``data`` holds ``level`` and ``message``.
+    log: ``data`` holds ``level`` and ``message``. status: a change of the runtime's state the
+    host must know, e.g. ``{"domain": "memory", "device": "cpu", "previous": "NORMAL",
+    "level": "WARNING", "utilisation": 0.76}``.
     """
 
     event: EventKind

@@ -7,7 +7,7 @@ generator documents each entry's parameters and result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import msgspec
 
@@ -61,6 +61,48 @@ class NoiseResult(msgspec.Struct):
     written: int
 
 
+class MemoryConfigureParams(msgspec.Struct, forbid_unknown_fields=True):
+    device: str = "cpu"
+    budget_bytes: int = 1 << 30
+
+
+class MemoryAllocateParams(msgspec.Struct, forbid_unknown_fields=True):
+    sizes: list[int]  # bytes, one allocation each, in order
+    device: str = "cpu"
+    free: bool = True  # free each allocation right after (latency of the pair)
+    baseline: bool = False  # also time a plain torch.empty of each size, outside the manager
+    tag: str = ""
+
+
+class AllocationTiming(msgspec.Struct, omit_defaults=True):
+    bytes: int
+    latency_s: Union[float, None] = None
+    free_latency_s: Union[float, None] = None
+    baseline_s: Union[float, None] = None
+    id: Union[int, None] = None  # when kept (free=false)
+    error: Union[str, None] = None  # OutOfMemoryError: ... (nothing left allocated)
+
+
+class MemoryAllocateResult(msgspec.Struct):
+    allocations: list[AllocationTiming]
+    stats: dict[str, Any]
+
+
+class MemoryDeviceParams(msgspec.Struct, forbid_unknown_fields=True):
+    device: str = "cpu"
+
+
+class MemoryFreeParams(msgspec.Struct, forbid_unknown_fields=True):
+    device: str = "cpu"
+    ids: list[int] = []
+    tag: Union[str, None] = None  # free every allocation with this tag
+    all: bool = False
+
+
+class MemoryStatsResult(msgspec.Struct):
+    stats: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class OperationSpec:
     name: str
@@ -85,6 +127,14 @@ OPERATIONS: tuple[OperationSpec, ...] = (
                   description="Answer, finish the running request, fail queued ones, exit 0."),
     OperationSpec("discover_devices", DiscoverParams, DiscoverResult, idempotent=True,
                   description="Enumerate devices (NVML, torch, the CPU) with capabilities."),
+    OperationSpec("memory.configure", MemoryConfigureParams, MemoryStatsResult, idempotent=False,
+                  description="Create a device's memory manager with a budget (refused while it holds allocations)."),
+    OperationSpec("memory.allocate", MemoryAllocateParams, MemoryAllocateResult, idempotent=False,
+                  description="Allocate real tensors through the manager, timing each (and a plain torch.empty)."),
+    OperationSpec("memory.free", MemoryFreeParams, MemoryStatsResult, idempotent=False,
+                  description="Free allocations by id, by tag, or all."),
+    OperationSpec("memory.stats", MemoryDeviceParams, MemoryStatsResult, idempotent=True,
+                  description="Budget, use, pressure level, waste and pool fragmentation of a device."),
     OperationSpec("fault.sleep", SleepParams, SleepResult, idempotent=True, fault=True,
                   description="Work that takes a while, with progress; honours deadline and cancel."),
     OperationSpec("fault.crash", CrashParams, Empty, idempotent=False, fault=True,

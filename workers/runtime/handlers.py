@@ -9,11 +9,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from workers.protocol.messages import DiscoverParams, PingParams, PingResult
+from workers.protocol.messages import DiscoverParams, Event, PingParams, PingResult
 from workers.protocol.operations import (
+    AllocationTiming,
     CrashParams,
     Empty,
     FreezeParams,
+    MemoryAllocateParams,
+    MemoryAllocateResult,
+    MemoryConfigureParams,
+    MemoryDeviceParams,
+    MemoryFreeParams,
+    MemoryStatsResult,
     NoiseParams,
     NoiseResult,
     SleepParams,
@@ -21,6 +28,8 @@ from workers.protocol.operations import (
 )
 from workers.runtime import devices
 from workers.runtime.context import RequestContext
+from workers.runtime.memory import MemoryManager
+from workers.runtime.pressure import PressureLevel
 
 if TYPE_CHECKING:
     from workers.runtime.server import WorkerServer
@@ -57,7 +66,75 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         print(p.text, end="", flush=True)  # Python-level stdout
         return NoiseResult(written=os.write(1, data))  # fd-level, as native code does
 
+    def memory_configure(ctx: RequestContext, p: MemoryConfigureParams) -> MemoryStatsResult:
+        current = server.memory.get(p.device)
+        if current is not None and current.stats()["live_allocations"]:
+            raise ValueError(f"device {p.device!r} still holds {current.stats()['live_allocations']} allocations")
+        _check_device(p.device)
+
+        def announce(old: PressureLevel, new: PressureLevel, utilisation: float) -> None:
+            server.send(Event(event="status", data={"domain": "memory", "device": p.device, "previous": str(old),
+                                                    "level": str(new), "utilisation": round(utilisation, 4)}))
+
+        server.memory[p.device] = MemoryManager(p.device, p.budget_bytes, on_pressure=announce)
+        return MemoryStatsResult(server.memory[p.device].stats())
+
+    def _manager(device: str) -> MemoryManager:
+        m = server.memory.get(device)
+        if m is None:
+            raise KeyError(f"no memory manager on {device!r}: send memory.configure first")
+        return m
+
+    def memory_allocate(ctx: RequestContext, p: MemoryAllocateParams) -> MemoryAllocateResult:
+        import torch
+
+        m = _manager(p.device)
+        out = []
+        for i, size in enumerate(p.sizes):
+            ctx.check()
+            timing = AllocationTiming(bytes=size)
+            t0 = time.perf_counter()
+            try:
+                alloc = m.allocate(size, tag=p.tag)
+            except (torch.OutOfMemoryError, ValueError) as exc:
+                timing.error = f"{type(exc).__name__}: {exc}"
+                out.append(timing)
+                continue
+            timing.latency_s = time.perf_counter() - t0
+            if p.free:
+                t1 = time.perf_counter()
+                m.free(alloc.id)
+                timing.free_latency_s = time.perf_counter() - t1
+            else:
+                timing.id = alloc.id
+            if p.baseline:
+                t2 = time.perf_counter()
+                raw = torch.empty(size, dtype=torch.uint8, device=p.device)
+                timing.baseline_s = time.perf_counter() - t2
+                del raw
+            out.append(timing)
+            if i % 50 == 49:
+                ctx.progress(i + 1, len(p.sizes))
+        return MemoryAllocateResult(out, m.stats())
+
+    def memory_free(ctx: RequestContext, p: MemoryFreeParams) -> MemoryStatsResult:
+        m = _manager(p.device)
+        if p.all:
+            m.free_all()
+        elif p.tag is not None:
+            m.free_all(p.tag)
+        for alloc_id in p.ids:
+            m.free(alloc_id)
+        return MemoryStatsResult(m.stats())
+
+    def memory_stats(ctx: RequestContext, p: MemoryDeviceParams) -> MemoryStatsResult:
+        return MemoryStatsResult(_manager(p.device).stats())
+
     return {
+        "memory.configure": memory_configure,
+        "memory.allocate": memory_allocate,
+        "memory.free": memory_free,
+        "memory.stats": memory_stats,
         "echo": echo,
         "discover_devices": discover_devices,
         "fault.sleep": sleep,
@@ -65,3 +142,16 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         "fault.freeze": freeze,
         "fault.stdout_noise": stdout_noise,
     }
+
+
+def _check_device(device: str) -> None:
+    """A device name the runtime can allocate on: 'cpu' or an existing 'cuda:N'."""
+    if device == "cpu":
+        return
+    if device.startswith("cuda:") and device[5:].isdigit():
+        import torch
+
+        if torch.cuda.is_available() and int(device[5:]) < torch.cuda.device_count():
+            return
+        raise ValueError(f"device {device!r} does not exist on this machine")
+    raise ValueError(f"unknown device {device!r}: 'cpu' or 'cuda:N'")

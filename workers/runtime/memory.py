@@ -74,7 +74,7 @@ class Pool:
 
 
 class MemoryManager:
-    def __init__(self, device: str, budget_bytes: int, *, thresholds: PressureThresholds = PressureThresholds(),
+    def __init__(self, device: str, budget_bytes: int, *, thresholds: Union[PressureThresholds, None] = None,
                  on_pressure: Union[Callable[[PressureLevel, PressureLevel, float], None], None] = None) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"device {device!r}: budget must be > 0 bytes, got {budget_bytes}")
@@ -86,7 +86,7 @@ class MemoryManager:
         self._pools: dict[str, Pool] = {}
         self._cleanup: list[Callable[[int], int]] = []  # each frees up to n bytes, returns what it freed
         self.used = 0  # bytes reserved by live allocations and pool slabs
-        self.pressure = PressureTracker(thresholds, on_pressure)
+        self.pressure = PressureTracker(thresholds or PressureThresholds(), on_pressure)
         self.oom_count = 0
 
     # ---- configuration -----------------------------------------------------------------

@@ -47,9 +47,9 @@ Listener = Callable[[PressureLevel, PressureLevel, float], None]  # (old, new, u
 
 
 class PressureTracker:
-    def __init__(self, thresholds: PressureThresholds = PressureThresholds(),
+    def __init__(self, thresholds: Union[PressureThresholds, None] = None,
                  listener: Union[Listener, None] = None) -> None:
-        self.thresholds = thresholds
+        self.thresholds = thresholds or PressureThresholds()
         self.level = PressureLevel.NORMAL
         self._listener = listener
         self.transitions: list[tuple[PressureLevel, PressureLevel, float]] = []

@@ -90,6 +90,7 @@ class WorkerServer:
         self.protocol_errors = 0
         # fault.freeze holds this to stop the heartbeat and the reader: a hung worker.
         self.freeze_lock = threading.Lock()
+        self.memory: dict[str, Any] = {}  # device -> MemoryManager (created by memory.configure)
 
     # ---- output -------------------------------------------------------------------
     def send(self, message: msgspec.Struct) -> None:
@@ -263,6 +264,8 @@ class WorkerServer:
             self._error(rid, ErrorCode.CANCELLED, "cancelled by the host")
         except DeadlineExceeded as exc:
             self._error(rid, ErrorCode.DEADLINE_EXCEEDED, str(exc), retryable=True)
+        except (ValueError, KeyError) as exc:  # the request named something wrong: say what
+            self._error(rid, ErrorCode.INVALID_PARAMS, f"{item.spec.name}: {exc.args[0] if exc.args else exc}")
         except Exception as exc:  # a failing handler must not take the worker down
             log.exception("operation %s failed", item.spec.name)
             self._error(rid, ErrorCode.INTERNAL_ERROR, f"{item.spec.name} failed: {type(exc).__name__}: {exc}")
