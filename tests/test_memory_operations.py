@@ -38,3 +38,14 @@ def test_allocations_pressure_events_and_oom(worker_argv: list[str]) -> None:
             c.request("memory.allocate", {"sizes": [MiB], "free": False})
             c.request("memory.configure", {"device": "cpu", "budget_bytes": MiB})
         assert c.request("ping") == {"payload": ""}  # and it keeps serving
+
+
+def test_gc_workload_times_collections_and_frees_its_garbage(worker_argv: list[str]) -> None:
+    with WorkerClient(worker_argv).start() as c:
+        r = c.request("memory.gc_workload", {"duration_s": 1.0, "garbage_mib_per_s": 32}, timeout=30)
+        assert len(r["recovered"]) >= 2 and min(r["recovered"]) >= 0.95  # full collections free the cycles
+        assert r["pauses"] and all(p >= 0 for _, p in r["pauses"])
+        assert r["freed_bytes"] == r["made_bytes"] > 0  # nothing it made outlives the final collection
+        assert r["gc_frozen"] > 10000  # torch's import-time objects are out of the collector's way
+        with pytest.raises(WorkerError, match="must be > 0"):
+            c.request("memory.gc_workload", {"duration_s": 0})

@@ -44,12 +44,13 @@ class RunnerNotImplemented(NotImplementedError):
 
 
 def _registry() -> dict[str, RunnerSpec]:
-    from hybrid_assets.runners import device_discovery, memory_allocation
+    from hybrid_assets.runners import device_discovery, memory_allocation, memory_gc
     from hybrid_assets.runners.planned import planned_runners
 
     implemented = [
         RunnerSpec("device.cold_start_discovery", device_discovery.METRICS, device_discovery.cold_start_discovery),
         RunnerSpec("memory.allocation_latency", memory_allocation.METRICS, memory_allocation.allocation_latency),
+        RunnerSpec("memory.gc_performance", memory_gc.METRICS, memory_gc.gc_performance),
     ]
     specs = {name: RunnerSpec(name, metrics, None) for name, metrics in planned_runners().items()}
     specs.update({s.name: s for s in implemented})  # written runners replace their plans

@@ -103,6 +103,19 @@ class MemoryStatsResult(msgspec.Struct):
     stats: dict[str, Any]
 
 
+class GcWorkloadParams(msgspec.Struct, forbid_unknown_fields=True):
+    duration_s: float
+    garbage_mib_per_s: float = 64.0
+
+
+class GcWorkloadResult(msgspec.Struct):
+    pauses: list[tuple[int, float]]  # (generation, seconds) per collection
+    recovered: list[float]  # full collections: share of the unreachable garbage they freed
+    made_bytes: int
+    freed_bytes: int
+    gc_frozen: int  # objects in the permanent generation (gc.freeze)
+
+
 @dataclass(frozen=True)
 class OperationSpec:
     name: str
@@ -135,6 +148,8 @@ OPERATIONS: tuple[OperationSpec, ...] = (
                   description="Free allocations by id, by tag, or all."),
     OperationSpec("memory.stats", MemoryDeviceParams, MemoryStatsResult, idempotent=True,
                   description="Budget, use, pressure level, waste and pool fragmentation of a device."),
+    OperationSpec("memory.gc_workload", GcWorkloadParams, GcWorkloadResult, idempotent=True,
+                  description="Make cyclic garbage holding tensors for a while; time every collection."),
     OperationSpec("fault.sleep", SleepParams, SleepResult, idempotent=True, fault=True,
                   description="Work that takes a while, with progress; honours deadline and cancel."),
     OperationSpec("fault.crash", CrashParams, Empty, idempotent=False, fault=True,

@@ -17,6 +17,7 @@ from typing import Any, Union
 import psutil
 
 from workers.protocol.messages import DeviceInfo, DiscoverResult
+from workers.runtime.imports import import_torch
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,9 @@ INTERESTING_ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "av
 
 def _import_torch() -> Any:
     try:
-        import torch
+        return import_torch()
     except ImportError:
         return None
-    return torch
 
 
 def _probe_dtypes(torch: Any, device: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -15,6 +16,8 @@ from workers.protocol.operations import (
     CrashParams,
     Empty,
     FreezeParams,
+    GcWorkloadParams,
+    GcWorkloadResult,
     MemoryAllocateParams,
     MemoryAllocateResult,
     MemoryConfigureParams,
@@ -28,6 +31,7 @@ from workers.protocol.operations import (
 )
 from workers.runtime import devices
 from workers.runtime.context import RequestContext
+from workers.runtime.gcwork import run_gc_workload
 from workers.runtime.memory import MemoryManager
 from workers.runtime.pressure import PressureLevel
 
@@ -130,7 +134,14 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
     def memory_stats(ctx: RequestContext, p: MemoryDeviceParams) -> MemoryStatsResult:
         return MemoryStatsResult(_manager(p.device).stats())
 
+    def gc_workload(ctx: RequestContext, p: GcWorkloadParams) -> GcWorkloadResult:
+        if p.duration_s <= 0 or p.garbage_mib_per_s <= 0:
+            raise ValueError("duration_s and garbage_mib_per_s must be > 0")
+        obs = run_gc_workload(p.duration_s, p.garbage_mib_per_s)
+        return GcWorkloadResult(obs.pauses, obs.recovered, obs.made_bytes, obs.freed_bytes, gc.get_freeze_count())
+
     return {
+        "memory.gc_workload": gc_workload,
         "memory.configure": memory_configure,
         "memory.allocate": memory_allocate,
         "memory.free": memory_free,

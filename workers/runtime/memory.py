@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
+from workers.runtime.imports import import_torch
 from workers.runtime.pressure import PressureLevel, PressureThresholds, PressureTracker
 
 
 def _torch() -> Any:
-    import torch  # imported when a manager is made: a worker that never allocates stays light
-
-    return torch
+    # imported when a manager is made: a worker that never allocates stays light
+    return import_torch()
 
 
 @dataclass(frozen=True)
