@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.runtime.memory import MemoryManager
+from workers.runtime.memory import DegradedModeError, MemoryManager
 from workers.runtime.pressure import PressureLevel, PressureThresholds, PressureTracker
 
 MiB = 1 << 20
@@ -39,7 +39,8 @@ def test_over_budget_raises_torch_oom_and_leaves_the_budget_as_it_was() -> None:
 
 
 def test_cleanup_hooks_run_before_oom() -> None:
-    m = MemoryManager("cpu", 10 * MiB)
+    # Pressure thresholds out of the way: this is the out-of-memory path alone.
+    m = MemoryManager("cpu", 10 * MiB, thresholds=PressureThresholds(0.96, 0.98, 0.99, 0.01))
     cache = [m.allocate(2 * MiB, tag="cache") for _ in range(4)]
 
     def evict(n: int) -> int:
@@ -101,3 +102,38 @@ def test_manager_reports_pressure_as_allocations_cross_thresholds() -> None:
     assert levels == [PressureLevel.WARNING, PressureLevel.DEGRADED, PressureLevel.EMERGENCY]
     m.free_all()
     assert m.pressure.level is PressureLevel.NORMAL and m.used == 0 and len(ids) == 9
+
+
+def test_pressure_responses_run_once_per_level_entered() -> None:
+    m = MemoryManager("cpu", 100 * MiB)
+    cache: list = []
+
+    def evict(n: int) -> int:
+        freed = 0
+        while cache and freed < n:
+            a = cache.pop()
+            m.free(a.id)
+            freed += a.reserved
+        return freed
+
+    m.add_cleanup(evict)
+    cache += [m.allocate(5 * MiB, tag="cache") for _ in range(2)]
+    work = [m.allocate(10 * MiB) for _ in range(6)]  # 70 %
+    assert m.responses == []
+    work.append(m.allocate(6 * MiB))  # 76 %: WARNING -> proactive cleanup down to the 70 % exit
+    assert m.responses == [("proactive_cleanup", 10 * MiB)] and m.used == 66 * MiB
+    assert m.pressure.level is PressureLevel.NORMAL  # the cleanup relieved the pressure
+    work.append(m.allocate(20 * MiB))  # 86 %, nothing left to evict: DEGRADED holds
+    assert m.responses[-2:] == [("proactive_cleanup", 0), ("degraded_mode", 0)]
+    assert m.pressure.level is PressureLevel.DEGRADED
+    with pytest.raises(DegradedModeError, match="non-critical allocation refused"):
+        m.allocate(MiB, critical=False)
+    work.append(m.allocate(MiB))  # critical work is still served (87 %)
+    cache += [m.allocate(2 * MiB, tag="cache") for _ in range(2)]  # 91 %, still DEGRADED: no new response
+    assert len(m.responses) == 3
+    work.append(m.allocate(5 * MiB))  # 96 %: EMERGENCY empties every evictable byte
+    assert m.responses[-2:] == [("emergency_cleanup", 4 * MiB), ("degraded_mode", 0)] and not cache
+    for a in work:
+        m.free(a.id)
+    assert m.pressure.level is PressureLevel.NORMAL
+    m.allocate(MiB, critical=False)  # out of degraded mode: served again

@@ -19,6 +19,8 @@ def test_allocations_pressure_events_and_oom(worker_argv: list[str]) -> None:
         assert [a["bytes"] for a in r["allocations"]] == [4 * MiB] * 4 + [2 * MiB]
         assert all(a["latency_s"] > 0 and "id" in a for a in r["allocations"])
         assert r["stats"]["utilisation"] == pytest.approx(0.9) and r["stats"]["pressure"] == "DEGRADED"
+        refused = c.request("memory.allocate", {"sizes": [MiB], "free": False, "critical": False})
+        assert refused["allocations"][0]["error"].startswith("DegradedModeError")  # degraded mode at 90 %
         over = c.request("memory.allocate", {"sizes": [4 * MiB], "free": False})
         assert over["allocations"][0]["error"].startswith("OutOfMemoryError")
         assert over["stats"]["used_bytes"] == 18 * MiB  # the failed allocation left nothing

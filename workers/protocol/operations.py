@@ -72,6 +72,7 @@ class MemoryAllocateParams(msgspec.Struct, forbid_unknown_fields=True):
     free: bool = True  # free each allocation right after (latency of the pair)
     baseline: bool = False  # also time a plain torch.empty of each size, outside the manager
     tag: str = ""
+    critical: bool = True  # False: work the runtime may refuse in degraded mode
 
 
 class AllocationTiming(msgspec.Struct, omit_defaults=True):

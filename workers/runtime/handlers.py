@@ -32,7 +32,7 @@ from workers.protocol.operations import (
 from workers.runtime import devices
 from workers.runtime.context import RequestContext
 from workers.runtime.gcwork import run_gc_workload
-from workers.runtime.memory import MemoryManager
+from workers.runtime.memory import DegradedModeError, MemoryManager
 from workers.runtime.pressure import PressureLevel
 
 if TYPE_CHECKING:
@@ -99,8 +99,8 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
             timing = AllocationTiming(bytes=size)
             t0 = time.perf_counter()
             try:
-                alloc = m.allocate(size, tag=p.tag)
-            except (torch.OutOfMemoryError, ValueError) as exc:
+                alloc = m.allocate(size, tag=p.tag, critical=p.critical)
+            except (torch.OutOfMemoryError, DegradedModeError, ValueError) as exc:
                 timing.error = f"{type(exc).__name__}: {exc}"
                 out.append(timing)
                 continue

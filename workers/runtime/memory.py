@@ -36,6 +36,10 @@ class Allocation:
     tag: str
 
 
+class DegradedModeError(RuntimeError):
+    """Refused because the device is in degraded mode; retry later or as critical work."""
+
+
 class Pool:
     """Fixed-size blocks from one slab: first-fit over a free bitmap."""
 
@@ -88,6 +92,8 @@ class MemoryManager:
         self.used = 0  # bytes reserved by live allocations and pool slabs
         self.pressure = PressureTracker(thresholds or PressureThresholds(), on_pressure)
         self.oom_count = 0
+        self._responded = PressureLevel.NORMAL  # the level whose response already ran
+        self.responses: list[tuple[str, int]] = []  # (action, bytes freed), for the record
 
     # ---- configuration -----------------------------------------------------------------
     def add_pool(self, name: str, block_bytes: int, blocks: int) -> Pool:
@@ -108,22 +114,51 @@ class MemoryManager:
         self._cleanup.append(hook)
 
     # ---- allocation ----------------------------------------------------------------------
-    def allocate(self, nbytes: int, tag: str = "", pool: Union[str, None] = None) -> Allocation:
+    def allocate(self, nbytes: int, tag: str = "", pool: Union[str, None] = None,
+                 critical: bool = True) -> Allocation:
+        """``critical=False`` marks work the runtime may refuse in degraded mode (previews,
+        prefetches); critical work is served while the budget allows."""
         if nbytes <= 0:
             raise ValueError(f"allocation size must be > 0 bytes, got {nbytes}")
         with self._lock:
+            if not critical and self.pressure.level >= PressureLevel.DEGRADED:
+                raise DegradedModeError(f"{self.device} is in {self.pressure.level} mode "
+                                        f"({self.used / self.budget:.0%} of budget): non-critical allocation refused")
             if pool is not None:
-                return self._from_pool(nbytes, tag, pool)
-            self._reserve(nbytes, tag or "allocation")
-            try:
-                tensor = _torch().empty(nbytes, dtype=_torch().uint8, device=self.device)
-            except _torch().OutOfMemoryError:
-                self._release(nbytes)  # nothing half-allocated stays accounted
-                self.oom_count += 1
-                raise
-            alloc = Allocation(next(self._ids), nbytes, nbytes, None, tag)
-            self._live[alloc.id] = (alloc, tensor, None)
+                alloc = self._from_pool(nbytes, tag, pool)
+            else:
+                self._reserve(nbytes, tag or "allocation")
+                try:
+                    tensor = _torch().empty(nbytes, dtype=_torch().uint8, device=self.device)
+                except _torch().OutOfMemoryError:
+                    self._release(nbytes)  # nothing half-allocated stays accounted
+                    self.oom_count += 1
+                    raise
+                alloc = Allocation(next(self._ids), nbytes, nbytes, None, tag)
+                self._live[alloc.id] = (alloc, tensor, None)
+            self._respond()
             return alloc
+
+    def _respond(self) -> None:
+        """The spec's responses, once per level entered (1.4, 3.2): WARNING runs the cleanup
+        hooks proactively down to the warning exit; EMERGENCY runs them all the way (every
+        evictable byte); DEGRADED refuses non-critical allocations (see ``allocate``)."""
+        level = self.pressure.level
+        if level <= self._responded:
+            if level < self._responded:
+                self._responded = level  # left the level: the next entry gets a response again
+            return
+        self._responded = level
+        t = self.pressure.thresholds
+        if level >= PressureLevel.EMERGENCY:
+            freed = self._run_cleanup(self.used)
+            self.responses.append(("emergency_cleanup", freed))
+        elif level >= PressureLevel.WARNING:
+            target = int((t.warning - t.hysteresis) * self.budget)
+            freed = self._run_cleanup(max(0, self.used - target))
+            self.responses.append(("proactive_cleanup", freed))
+        if level >= PressureLevel.DEGRADED:
+            self.responses.append(("degraded_mode", 0))
 
     def _from_pool(self, nbytes: int, tag: str, name: str) -> Allocation:
         p = self._pools.get(name)
@@ -197,4 +232,5 @@ class MemoryManager:
                 "requested_bytes": requested, "reserved_bytes": reserved,
                 "waste": (reserved - requested) / reserved if reserved else 0.0,  # block rounding
                 "pressure": str(self.pressure.level), "oom_count": self.oom_count, "pools": pools,
+                "responses": [list(r) for r in self.responses],
             }
