@@ -11,7 +11,6 @@ the spec, or that lies outside the case's sections, is an error: a typo must not
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from hybrid_assets.catalog.loader import Case, load_catalog
 from hybrid_assets.catalog.spec_lines import DESCRIPTIVE, MONITORING, OVERRIDES, PARAMETER, SpecLine, load_spec_lines
 from hybrid_assets.gx_suites import ExpectationSpec, load_suite
 from hybrid_assets.runners import runner_spec
+from workers.generated import generated_file_main
 
 REPO = Path(__file__).resolve().parents[2]
 COVERAGE_PATH = REPO / "docs" / "coverage.md"
@@ -279,22 +279,8 @@ def render(cov: Union[Coverage, None] = None) -> str:
 
 
 def main(argv: Union[list[str], None] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true")
-    group.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        COVERAGE_PATH.write_text(text)
-        print(f"wrote {COVERAGE_PATH}")
-        return 0
-    current = COVERAGE_PATH.read_text() if COVERAGE_PATH.exists() else ""
-    if current != text:
-        print(f"{COVERAGE_PATH} is stale: run `python -m hybrid_assets.catalog.coverage --write`", file=sys.stderr)
-        return 1
-    print(f"{COVERAGE_PATH} is up to date")
-    return 0
+    return generated_file_main(COVERAGE_PATH, render, "python -m hybrid_assets.catalog.coverage --write",
+                               __doc__ or "", argv)
 
 
 if __name__ == "__main__":

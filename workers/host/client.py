@@ -515,10 +515,9 @@ class WorkerClient:
                 how = "sigkill"
                 proc.kill()
                 proc.wait(timeout=10)
-        for stream in (proc.stdin,):
+        if self._writer is not None:
             try:
-                if stream:
-                    stream.close()
+                self._writer.close()  # under the writer's lock, not behind its back
             except OSError:
                 pass
         return ShutdownOutcome(how, proc.returncode, time.monotonic() - t0)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from workers.generated import generated_file_main
 from workers.protocol.messages import PROTOCOL_VERSION, Request, WorkerMessage
 from workers.protocol.operations import OPERATIONS
 
@@ -60,23 +60,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write", action="store_true")
-    group.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_PATH.write_text(text)
-        print(f"wrote {SCHEMA_PATH}")
-        return 0
-    current = SCHEMA_PATH.read_text() if SCHEMA_PATH.exists() else ""
-    if current != text:
-        print(f"{SCHEMA_PATH} is stale: run `python -m workers.protocol.schema --write`", file=sys.stderr)
-        return 1
-    print(f"{SCHEMA_PATH} is up to date")
-    return 0
+    return generated_file_main(SCHEMA_PATH, render, "python -m workers.protocol.schema --write", __doc__ or "", argv)
 
 
 if __name__ == "__main__":
