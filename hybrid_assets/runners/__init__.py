@@ -44,16 +44,24 @@ class RunnerNotImplemented(NotImplementedError):
 
 
 def _registry() -> dict[str, RunnerSpec]:
-    from hybrid_assets.runners import device_discovery, memory_allocation, memory_gc
+    """Planned runners, replaced by the written ones: every module of this package (not
+    ``planned``) that defines ``RUNNERS = {name: (metrics, fn)}``."""
+    import importlib
+    import pkgutil
+
     from hybrid_assets.runners.planned import planned_runners
 
-    implemented = [
-        RunnerSpec("device.cold_start_discovery", device_discovery.METRICS, device_discovery.cold_start_discovery),
-        RunnerSpec("memory.allocation_latency", memory_allocation.METRICS, memory_allocation.allocation_latency),
-        RunnerSpec("memory.gc_performance", memory_gc.METRICS, memory_gc.gc_performance),
-    ]
     specs = {name: RunnerSpec(name, metrics, None) for name, metrics in planned_runners().items()}
-    specs.update({s.name: s for s in implemented})  # written runners replace their plans
+    written: dict[str, str] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.ispkg:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, (metrics, fn) in getattr(module, "RUNNERS", {}).items():
+            if name in written:
+                raise RuntimeError(f"runner {name!r} written twice: in {written[name]} and {info.name}")
+            written[name] = info.name
+            specs[name] = RunnerSpec(name, frozenset(metrics), fn)
     return specs
 
 

@@ -113,3 +113,6 @@ def cold_start_discovery(ctx: RunnerContext) -> None:
             continue
         rec.record("round_trip_s", time.perf_counter() - t0, "s")
         rec.record("comm_error", 0.0, "count", phase="ping")
+
+
+RUNNERS = {"device.cold_start_discovery": (METRICS, cold_start_discovery)}

@@ -51,3 +51,6 @@ def allocation_latency(ctx: RunnerContext) -> None:
     rec.note("budget_bytes", budget)
     if ratios:
         rec.note("median_latency_over_torch_empty", statistics.median(ratios))
+
+
+RUNNERS = {"memory.allocation_latency": (METRICS, allocation_latency)}

@@ -20,3 +20,6 @@ def gc_performance(ctx: RunnerContext) -> None:
     ctx.recorder.note("garbage_made_mib", result["made_bytes"] / 2**20)
     ctx.recorder.note("garbage_freed_mib", result["freed_bytes"] / 2**20)
     ctx.recorder.note("gc_frozen_objects", result["gc_frozen"])
+
+
+RUNNERS = {"memory.gc_performance": (METRICS, gc_performance)}

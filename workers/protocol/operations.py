@@ -6,7 +6,6 @@ generator documents each entry's parameters and result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Union
 
 import msgspec
@@ -20,6 +19,7 @@ from workers.protocol.messages import (
     ShutdownParams,
     StatusResult,
 )
+from workers.protocol.opspec import OperationSpec
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,18 +117,7 @@ class GcWorkloadResult(msgspec.Struct):
     gc_frozen: int  # objects in the permanent generation (gc.freeze)
 
 
-@dataclass(frozen=True)
-class OperationSpec:
-    name: str
-    params: type
-    result: type
-    idempotent: bool
-    control: bool = False  # answered on the reader thread, never queued behind work
-    fault: bool = False  # registered only when the worker starts with --allow-fault-injection
-    description: str = ""
-
-
-OPERATIONS: tuple[OperationSpec, ...] = (
+CORE_OPERATIONS: tuple[OperationSpec, ...] = (
     OperationSpec("ping", PingParams, PingResult, idempotent=True, control=True,
                   description="Echo a payload back; the protocol round-trip probe."),
     OperationSpec("echo", PingParams, PingResult, idempotent=True,
@@ -161,4 +150,18 @@ OPERATIONS: tuple[OperationSpec, ...] = (
                   description="Write to fd 1 as a native library would; must not reach the host."),
 )
 
+
+def _all_operations() -> tuple[OperationSpec, ...]:
+    # Domain modules add their operations here; names must stay unique across them.
+    from workers.protocol import ops_devices, ops_memory_stress, ops_pressure
+
+    ops = CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS
+    names = [o.name for o in ops]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise RuntimeError(f"operations defined twice: {dupes}")
+    return ops
+
+
+OPERATIONS: tuple[OperationSpec, ...] = _all_operations()
 OPERATIONS_BY_NAME = {spec.name: spec for spec in OPERATIONS}

@@ -42,8 +42,9 @@ from workers.protocol.messages import (
     Response,
     StatusResult,
 )
-from workers.protocol.operations import OPERATIONS, CancelResult, OperationSpec, ShutdownResult
-from workers.runtime import handlers
+from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
+from workers.protocol.opspec import OperationSpec
+from workers.runtime import handlers, ops_devices, ops_memory_stress, ops_pressure
 from workers.runtime.context import Cancelled, DeadlineExceeded, RequestContext
 
 log = logging.getLogger("workers.server")
@@ -77,7 +78,10 @@ class WorkerServer:
         self._ops: dict[str, OperationSpec] = {
             s.name: s for s in OPERATIONS if config.allow_fault_injection or not s.fault
         }
-        self._work: dict[str, Callable[[RequestContext, Any], Any]] = handlers.work_handlers(self)
+        self._work: dict[str, Callable[[RequestContext, Any], Any]] = {}
+        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress):
+            self._work.update(module.work_handlers(self))
+        self._control_handlers: dict[str, Callable[[Any], Any]] = ops_devices.control_handlers(self)
         self._queue: list[_Queued] = []
         self._queued_ids: dict[RequestId, _Queued] = {}
         self._cv = threading.Condition()
@@ -190,6 +194,18 @@ class WorkerServer:
             log.info("shutdown requested: %s", params.reason or "(no reason)")
             self.send(Response(id=req.id, ok=True, result=codec.to_builtins(ShutdownResult(True))))
             self._stopping = True
+        else:
+            # Domain control operations (hot add/remove, disconnection) must reach the runtime while
+            # the executor is busy: that is the moment they describe.
+            try:
+                result = self._control_handlers[spec.name](params)
+            except (ValueError, KeyError) as exc:
+                self._error(req.id, ErrorCode.INVALID_PARAMS, f"{spec.name}: {exc.args[0] if exc.args else exc}")
+            except Exception as exc:  # a failing handler must not take the reader down
+                log.exception("control operation %s failed", spec.name)
+                self._error(req.id, ErrorCode.INTERNAL_ERROR, f"{spec.name} failed: {type(exc).__name__}: {exc}")
+            else:
+                self.send(Response(id=req.id, ok=True, result=codec.to_builtins(result)))
 
     def status(self) -> StatusResult:
         with self._cv:
