@@ -44,7 +44,7 @@ from workers.protocol.messages import (
 )
 from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
 from workers.protocol.opspec import OperationSpec
-from workers.runtime import handlers, ops_devices, ops_memory_stress, ops_pressure
+from workers.runtime import handlers, ops_devices, ops_link, ops_memory_stress, ops_pressure
 from workers.runtime.context import Cancelled, DeadlineExceeded, RequestContext
 
 log = logging.getLogger("workers.server")
@@ -79,7 +79,7 @@ class WorkerServer:
             s.name: s for s in OPERATIONS if config.allow_fault_injection or not s.fault
         }
         self._work: dict[str, Callable[[RequestContext, Any], Any]] = {}
-        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress):
+        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link):
             self._work.update(module.work_handlers(self))
         self._control_handlers: dict[str, Callable[[Any], Any]] = ops_devices.control_handlers(self)
         self._queue: list[_Queued] = []
