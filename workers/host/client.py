@@ -141,6 +141,7 @@ class WorkerClient:
         self.late_responses = 0  # answers to requests the host had already given up on
         self.unmatched_errors: list[str] = []  # worker errors with no request id
         self.status_events: collections.deque[Event] = collections.deque(maxlen=10000)  # e.g. memory pressure
+        self._status_listeners: list[Callable[[Event], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> WorkerClient:
@@ -211,6 +212,10 @@ class WorkerClient:
         if self.hello is None:
             return None
         return next((o for o in self.hello.capabilities.operations if o.name == op), None)
+
+    def on_status(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` for every status event, on the thread that read it: keep it short."""
+        self._status_listeners.append(listener)
 
     def on_lost(self, callback: Callable[[WorkerClient, str], None]) -> None:
         self._lost_callbacks.append(callback)
@@ -419,7 +424,13 @@ class WorkerClient:
             log.log(_level(ev.data.get("level")), "%s: %s", self.name, ev.data.get("message", ""))
         elif ev.event == "status":
             self.status_events.append(ev)
-            log.info("%s status: %s", self.name, ev.data)
+            if ev.data.get("kind") != "health":  # health ticks every second: too chatty for the log
+                log.info("%s status: %s", self.name, ev.data)
+            for listener in self._status_listeners:
+                try:
+                    listener(ev)
+                except Exception:  # a listener must not kill the reader
+                    log.exception("%s: status listener failed", self.name)
         elif ev.id is not None:
             with self._lock:
                 pending = self._pending.get(ev.id)

@@ -40,6 +40,8 @@ class ErrorCode:
     CANCELLED = "CANCELLED"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    DEVICE_LOST = "DEVICE_LOST"  # the request's device went away (removed, disconnected, failed) under it
+    DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"  # the device is draining or offline: send the work elsewhere
     # Raised by the host side, never sent by a worker:
     WORKER_LOST = "WORKER_LOST"  # the worker died or hung with the request in flight
     TIMEOUT = "TIMEOUT"  # no response within the host's timeout
@@ -49,7 +51,7 @@ class ErrorCode:
 
     ALL = (
         PARSE_ERROR, FRAME_TOO_LARGE, INVALID_MESSAGE, UNKNOWN_OPERATION, INVALID_PARAMS,
-        DUPLICATE_ID, DEADLINE_EXCEEDED, CANCELLED, SHUTTING_DOWN, INTERNAL_ERROR,
+        DUPLICATE_ID, DEADLINE_EXCEEDED, CANCELLED, SHUTTING_DOWN, INTERNAL_ERROR, DEVICE_LOST, DEVICE_UNAVAILABLE,
         WORKER_LOST, TIMEOUT, WORKER_START_FAILED, PROTOCOL_MISMATCH, NO_WORKER_AVAILABLE,
     )
 
@@ -150,13 +152,14 @@ class PingResult(msgspec.Struct):
 
 class DiscoverParams(msgspec.Struct, forbid_unknown_fields=True):
     probe_dtypes: bool = True  # run a tiny kernel per dtype instead of trusting tables
+    use_cache: bool = False  # reuse static capabilities profiled earlier; memory and state are always re-read
 
 
 class DeviceInfo(msgspec.Struct, omit_defaults=True):
     """A device and what it can do. Sizes in bytes."""
 
     id: str  # "cpu:0", "cuda:0", ...
-    kind: Literal["cpu", "cuda"]
+    kind: Literal["cpu", "cuda", "simulated"]
     name: str
     memory_total: int
     memory_free: int
@@ -168,6 +171,9 @@ class DeviceInfo(msgspec.Struct, omit_defaults=True):
     isa: list[str] = []
     driver_version: Union[str, None] = None
     uuid: Union[str, None] = None
+    backing: Union[str, None] = None  # simulated devices: the real device that runs their work
+    state: str = "online"  # simulated devices: online, draining, driver_error
+    cached: bool = False  # static capabilities came from an earlier profile
 
 
 class DiscoverResult(msgspec.Struct):

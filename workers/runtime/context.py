@@ -20,6 +20,14 @@ class DeadlineExceeded(Exception):
     pass
 
 
+class OperationError(Exception):
+    """A failure the host should see with its own error code (e.g. DEVICE_LOST), not INTERNAL_ERROR."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retryable = code, message, retryable
+
+
 class RequestContext:
     def __init__(self, server: WorkerServer, rid: RequestId, deadline_ms: Union[float, None]) -> None:
         self._server = server

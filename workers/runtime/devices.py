@@ -14,6 +14,7 @@ import platform
 import time
 from typing import Any, Union
 
+import msgspec
 import psutil
 
 from workers.protocol.messages import DeviceInfo, DiscoverResult
@@ -33,22 +34,24 @@ def _import_torch() -> Any:
         return None
 
 
+def dtype_works(torch: Any, device: str, name: str) -> bool:
+    """Run a tiny kernel in ``name`` on ``device``: what the device really supports."""
+    dtype = getattr(torch, name, None)
+    if dtype is None or not isinstance(dtype, torch.dtype):
+        return False
+    try:
+        a = torch.ones((8, 8), dtype=dtype, device=device)
+        if dtype.is_floating_point and dtype.itemsize >= 2:
+            (a @ a).sum().item()
+        else:
+            (a + a).to(torch.float32).sum().item()
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
 def _probe_dtypes(torch: Any, device: str) -> list[str]:
-    supported = []
-    for name in PROBE_DTYPES:
-        dtype = getattr(torch, name, None)
-        if dtype is None:
-            continue
-        try:
-            a = torch.ones((8, 8), dtype=dtype, device=device)
-            if dtype.is_floating_point and dtype.itemsize >= 2:
-                (a @ a).sum().item()
-            else:
-                (a + a).to(torch.float32).sum().item()
-        except (RuntimeError, TypeError, NotImplementedError):
-            continue
-        supported.append(name)
-    return supported
+    return [name for name in PROBE_DTYPES if dtype_works(torch, device, name)]
 
 
 def cpu_model() -> str:
@@ -194,3 +197,22 @@ def discover(probe_dtypes: bool = True) -> DiscoverResult:
         devices=devices, discovery_ms=elapsed_ms, torch_version=torch_version, nvml=nvml_status,
         rss_before_bytes=rss_before, rss_after_bytes=proc.memory_info().rss,
     )
+
+
+def refresh(cached: DiscoverResult) -> DiscoverResult:
+    """A warm re-discovery: static capabilities from ``cached``, memory re-read now."""
+    proc = psutil.Process()
+    rss_before = proc.memory_info().rss
+    t0 = time.perf_counter()
+    torch = _import_torch()
+    fresh = []
+    for d in cached.devices:
+        free = d.memory_free
+        if d.kind == "cpu":
+            free = int(psutil.virtual_memory().available)
+        elif d.kind == "cuda" and torch is not None and d.id.startswith("cuda:") and d.id[5:].isdigit():
+            free = int(torch.cuda.mem_get_info(int(d.id[5:]))[0])
+        fresh.append(msgspec.structs.replace(d, memory_free=free, cached=True, assessment_ms=0.0))
+    return DiscoverResult(devices=fresh, discovery_ms=(time.perf_counter() - t0) * 1e3,
+                          torch_version=cached.torch_version, nvml=cached.nvml, rss_before_bytes=rss_before,
+                          rss_after_bytes=proc.memory_info().rss)

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from workers.protocol.messages import DiscoverParams, Event, PingParams, PingResult
 from workers.protocol.operations import (
     AllocationTiming,
@@ -29,9 +31,10 @@ from workers.protocol.operations import (
     SleepParams,
     SleepResult,
 )
-from workers.runtime import devices
+from workers.runtime import devices, ops_devices
 from workers.runtime.context import RequestContext
 from workers.runtime.gcwork import run_gc_workload
+from workers.runtime.imports import import_torch
 from workers.runtime.memory import DegradedModeError, MemoryManager
 from workers.runtime.pressure import PressureLevel
 
@@ -43,8 +46,31 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
     def echo(ctx: RequestContext, p: PingParams) -> PingResult:
         return PingResult(payload=p.payload)
 
+    dtype_cache: dict[tuple[str, str], bool] = {}  # (backing device, dtype) -> works
+
     def discover_devices(ctx: RequestContext, p: DiscoverParams) -> Any:
-        return devices.discover(probe_dtypes=p.probe_dtypes)
+        t0 = time.perf_counter()
+        rt = ops_devices.runtime(server)
+        cached = getattr(rt, "discovery_cache", None)
+        if p.use_cache and cached is not None:
+            result = devices.refresh(cached)
+        else:
+            result = devices.discover(probe_dtypes=p.probe_dtypes)
+            rt.discovery_cache = result  # type: ignore[attr-defined]
+            dtype_cache.clear()
+
+        def probe(backing: str, claimed: list[str]) -> list[str]:
+            if not p.probe_dtypes:
+                return claimed
+            torch = import_torch()
+            for name in claimed:
+                if not (p.use_cache and (backing, name) in dtype_cache):
+                    dtype_cache[(backing, name)] = devices.dtype_works(torch, backing, name)
+            return [name for name in claimed if dtype_cache[(backing, name)]]
+
+        simulated = ops_devices.simulated_discovery(server, probe)
+        return msgspec.structs.replace(result, devices=list(result.devices) + simulated,
+                                       discovery_ms=(time.perf_counter() - t0) * 1e3)
 
     def sleep(ctx: RequestContext, p: SleepParams) -> SleepResult:
         t0 = time.monotonic()
@@ -74,13 +100,13 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         current = server.memory.get(p.device)
         if current is not None and current.stats()["live_allocations"]:
             raise ValueError(f"device {p.device!r} still holds {current.stats()['live_allocations']} allocations")
-        _check_device(p.device)
+        backing = _resolve_device(server, p.device, p.budget_bytes)
 
         def announce(old: PressureLevel, new: PressureLevel, utilisation: float) -> None:
             server.send(Event(event="status", data={"domain": "memory", "device": p.device, "previous": str(old),
                                                     "level": str(new), "utilisation": round(utilisation, 4)}))
 
-        server.memory[p.device] = MemoryManager(p.device, p.budget_bytes, on_pressure=announce)
+        server.memory[p.device] = MemoryManager(backing, p.budget_bytes, on_pressure=announce)
         return MemoryStatsResult(server.memory[p.device].stats())
 
     def _manager(device: str) -> MemoryManager:
@@ -113,7 +139,7 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
                 timing.id = alloc.id
             if p.baseline:
                 t2 = time.perf_counter()
-                raw = torch.empty(size, dtype=torch.uint8, device=p.device)
+                raw = torch.empty(size, dtype=torch.uint8, device=m.device)
                 timing.baseline_s = time.perf_counter() - t2
                 del raw
             out.append(timing)
@@ -155,14 +181,19 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
     }
 
 
-def _check_device(device: str) -> None:
-    """A device name the runtime can allocate on: 'cpu' or an existing 'cuda:N'."""
+def _resolve_device(server: WorkerServer, device: str, budget: int) -> str:
+    """The torch device that backs ``device``: itself for 'cpu' / an existing 'cuda:N', the backing
+    device for a simulated one (whose budget cannot exceed its size)."""
+    sim = ops_devices.runtime(server).registry.find(device)
+    if sim is not None:
+        if budget > sim.spec.memory_bytes:
+            raise ValueError(f"budget of {budget} bytes is larger than device {device!r} "
+                             f"({sim.spec.memory_bytes} bytes)")
+        return sim.spec.backing
     if device == "cpu":
-        return
+        return device
     if device.startswith("cuda:") and device[5:].isdigit():
-        import torch
-
-        if torch.cuda.is_available() and int(device[5:]) < torch.cuda.device_count():
-            return
+        if ops_devices.real_device_exists(device):
+            return device
         raise ValueError(f"device {device!r} does not exist on this machine")
-    raise ValueError(f"unknown device {device!r}: 'cpu' or 'cuda:N'")
+    raise ValueError(f"unknown device {device!r}: 'cpu', 'cuda:N' or a simulated device")

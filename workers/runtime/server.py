@@ -45,7 +45,7 @@ from workers.protocol.messages import (
 from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
 from workers.protocol.opspec import OperationSpec
 from workers.runtime import handlers, ops_devices, ops_link, ops_memory_stress, ops_pressure
-from workers.runtime.context import Cancelled, DeadlineExceeded, RequestContext
+from workers.runtime.context import Cancelled, DeadlineExceeded, OperationError, RequestContext
 
 log = logging.getLogger("workers.server")
 
@@ -73,6 +73,8 @@ class _Queued:
 class WorkerServer:
     def __init__(self, config: WorkerConfig, stdin: BinaryIO, stdout: BinaryIO) -> None:
         self.config = config
+        self.stop_hooks: list[Callable[[bool], None]] = []  # called with drain=True on EOF
+        self.memory: dict[str, Any] = {}  # device -> MemoryManager (memory.configure, simulated devices)
         self._reader = FrameReader(stdin, config.max_frame_bytes)
         self._writer = FrameWriter(stdout)
         self._ops: dict[str, OperationSpec] = {
@@ -82,6 +84,9 @@ class WorkerServer:
         for module in (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link):
             self._work.update(module.work_handlers(self))
         self._control_handlers: dict[str, Callable[[Any], Any]] = ops_devices.control_handlers(self)
+        # Work that runs on a domain's own executor (a device's), not the shared queue; the
+        # router answers it itself, through ``execute``.
+        self._routed: dict[str, Callable[[Request, Any], None]] = ops_devices.routed_handlers(self)
         self._queue: list[_Queued] = []
         self._queued_ids: dict[RequestId, _Queued] = {}
         self._cv = threading.Condition()
@@ -94,7 +99,6 @@ class WorkerServer:
         self.protocol_errors = 0
         # fault.freeze holds this to stop the heartbeat and the reader: a hung worker.
         self.freeze_lock = threading.Lock()
-        self.memory: dict[str, Any] = {}  # device -> MemoryManager (created by memory.configure)
 
     # ---- output -------------------------------------------------------------------
     def send(self, message: msgspec.Struct) -> None:
@@ -148,6 +152,8 @@ class WorkerServer:
         else:
             self._begin_stop(drain=False)
         executor.join()
+        for hook in self.stop_hooks:
+            hook(self._drain)
         return 0
 
     def _on_frame(self, frame: Any) -> None:
@@ -178,6 +184,14 @@ class WorkerServer:
             return
         if spec.control:
             self._control(req, spec, params)
+            return
+        if spec.name in self._routed:
+            with self._cv:
+                stopping = self._stopping
+            if stopping:
+                self._error(req.id, ErrorCode.SHUTTING_DOWN, "worker is shutting down", retryable=True)
+                return
+            self._routed[spec.name](req, params)
             return
         self._enqueue(req, spec, params)
 
@@ -271,22 +285,32 @@ class WorkerServer:
                     self._handled += 1
 
     def _run(self, item: _Queued) -> None:
-        rid = item.request.id
+        self.execute(item.request.id, item.spec.name, self._work[item.spec.name], item.ctx, item.params)
+
+    def execute(self, rid: RequestId, op: str, fn: Callable[[RequestContext, Any], Any], ctx: RequestContext,
+                params: Any) -> None:
+        """Run one operation and answer it; a failure is answered with its own error code, never fatal.
+        Device executors call this too, from their own threads (the writer is thread-safe)."""
         try:
-            item.ctx.check()
-            result = self._work[item.spec.name](item.ctx, item.params)
-            item.ctx.check()
+            ctx.check()
+            result = fn(ctx, params)
+            ctx.check()
         except Cancelled:
             self._error(rid, ErrorCode.CANCELLED, "cancelled by the host")
         except DeadlineExceeded as exc:
             self._error(rid, ErrorCode.DEADLINE_EXCEEDED, str(exc), retryable=True)
+        except OperationError as exc:
+            self._error(rid, exc.code, exc.message, retryable=exc.retryable)
         except (ValueError, KeyError) as exc:  # the request named something wrong: say what
-            self._error(rid, ErrorCode.INVALID_PARAMS, f"{item.spec.name}: {exc.args[0] if exc.args else exc}")
+            self._error(rid, ErrorCode.INVALID_PARAMS, f"{op}: {exc.args[0] if exc.args else exc}")
         except Exception as exc:  # a failing handler must not take the worker down
-            log.exception("operation %s failed", item.spec.name)
-            self._error(rid, ErrorCode.INTERNAL_ERROR, f"{item.spec.name} failed: {type(exc).__name__}: {exc}")
+            log.exception("operation %s failed", op)
+            self._error(rid, ErrorCode.INTERNAL_ERROR, f"{op} failed: {type(exc).__name__}: {exc}")
         else:
             self.send(Response(id=rid, ok=True, result=codec.to_builtins(result)))
+
+    def fail(self, rid: RequestId, code: str, message: str, retryable: bool = False) -> None:
+        self._error(rid, code, message, retryable)
 
     def _begin_stop(self, drain: bool) -> None:
         with self._cv:
