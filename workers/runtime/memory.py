@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
@@ -77,9 +78,13 @@ class Pool:
         return 1.0 - longest / free
 
 
+ResponseListener = Callable[[str, int, float, float], None]  # (action, bytes freed, utilisation before, after)
+
+
 class MemoryManager:
     def __init__(self, device: str, budget_bytes: int, *, thresholds: Union[PressureThresholds, None] = None,
-                 on_pressure: Union[Callable[[PressureLevel, PressureLevel, float], None], None] = None) -> None:
+                 on_pressure: Union[Callable[[PressureLevel, PressureLevel, float], None], None] = None,
+                 on_response: Union[ResponseListener, None] = None) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"device {device!r}: budget must be > 0 bytes, got {budget_bytes}")
         self.device = device
@@ -88,12 +93,15 @@ class MemoryManager:
         self._ids = itertools.count(1)
         self._live: dict[int, tuple[Allocation, Any, Union[int, None]]] = {}  # id -> (alloc, tensor, block)
         self._pools: dict[str, Pool] = {}
-        self._cleanup: list[Callable[[int], int]] = []  # each frees up to n bytes, returns what it freed
+        # (tier, hook): each hook frees up to n bytes, returns what it freed; the tier is the lowest pressure
+        # level whose proactive response may run it (models go only in an emergency, latents from WARNING)
+        self._cleanup: list[tuple[PressureLevel, Callable[[int], int]]] = []
         self.used = 0  # bytes reserved by live allocations and pool slabs
         self.pressure = PressureTracker(thresholds or PressureThresholds(), on_pressure)
         self.oom_count = 0
         self._responded = PressureLevel.NORMAL  # the level whose response already ran
         self.responses: list[tuple[str, int]] = []  # (action, bytes freed), for the record
+        self._on_response = on_response
 
     # ---- configuration -----------------------------------------------------------------
     def add_pool(self, name: str, block_bytes: int, blocks: int) -> Pool:
@@ -109,9 +117,12 @@ class MemoryManager:
             self._pools[name] = pool
             return pool
 
-    def add_cleanup(self, hook: Callable[[int], int]) -> None:
-        """``hook(n)`` frees up to ``n`` bytes of something evictable and returns what it freed."""
-        self._cleanup.append(hook)
+    def add_cleanup(self, hook: Callable[[int], int], level: PressureLevel = PressureLevel.WARNING) -> None:
+        """``hook(n)`` frees up to ``n`` bytes of something evictable and returns what it freed.
+
+        ``level``: the lowest pressure level whose proactive response may run the hook. Before an
+        allocation fails out of memory every hook runs, whatever its level."""
+        self._cleanup.append((PressureLevel(level), hook))
 
     # ---- allocation ----------------------------------------------------------------------
     def allocate(self, nbytes: int, tag: str = "", pool: Union[str, None] = None,
@@ -141,8 +152,10 @@ class MemoryManager:
 
     def _respond(self) -> None:
         """The spec's responses, once per level entered (1.4, 3.2): WARNING runs the cleanup
-        hooks proactively down to the warning exit; EMERGENCY runs them all the way (every
-        evictable byte); DEGRADED refuses non-critical allocations (see ``allocate``)."""
+        hooks of its tier proactively down to the warning exit; DEGRADED refuses non-critical
+        allocations (see ``allocate``) and sheds cache of its tiers to the middle of the degraded band,
+        so a spike ends below the degraded entry without leaving degraded mode at once; EMERGENCY
+        runs every hook all the way (every evictable byte, models included)."""
         level = self.pressure.level
         if level <= self._responded:
             if level < self._responded:
@@ -151,14 +164,23 @@ class MemoryManager:
         self._responded = level
         t = self.pressure.thresholds
         if level >= PressureLevel.EMERGENCY:
-            freed = self._run_cleanup(self.used)
-            self.responses.append(("emergency_cleanup", freed))
+            self._record_response("emergency_cleanup", lambda: self._run_cleanup(self.used, PressureLevel.EMERGENCY))
         elif level >= PressureLevel.WARNING:
             target = int((t.warning - t.hysteresis) * self.budget)
-            freed = self._run_cleanup(max(0, self.used - target))
-            self.responses.append(("proactive_cleanup", freed))
-        if level >= PressureLevel.DEGRADED:
-            self.responses.append(("degraded_mode", 0))
+            self._record_response("proactive_cleanup",
+                                  lambda: self._run_cleanup(max(0, self.used - target), PressureLevel.WARNING))
+        if level >= PressureLevel.DEGRADED and self.pressure.level >= PressureLevel.DEGRADED:
+            # (an emergency cleanup may already have brought usage out of the degraded band)
+            target = int((t.degraded - t.hysteresis / 2) * self.budget)
+            self._record_response("degraded_mode",
+                                  lambda: self._run_cleanup(max(0, self.used - target), PressureLevel.DEGRADED))
+
+    def _record_response(self, action: str, run: Callable[[], int]) -> None:
+        before = self.used / self.budget
+        freed = run()
+        self.responses.append((action, freed))
+        if self._on_response is not None:
+            self._on_response(action, freed, before, self.used / self.budget)
 
     def _from_pool(self, nbytes: int, tag: str, name: str) -> Allocation:
         p = self._pools.get(name)
@@ -198,7 +220,12 @@ class MemoryManager:
     # ---- accounting -------------------------------------------------------------------------
     def _reserve(self, nbytes: int, what: str) -> None:
         if self.used + nbytes > self.budget:
-            self._run_cleanup(self.used + nbytes - self.budget)
+            before = self.used / self.budget
+            freed = self._run_cleanup(self.used + nbytes - self.budget)
+            if freed:  # announced like the pressure responses: the host sees every eviction
+                self.responses.append(("oom_cleanup", freed))
+                if self._on_response is not None:
+                    self._on_response("oom_cleanup", freed, before, self.used / self.budget)
         if self.used + nbytes > self.budget:
             self.oom_count += 1
             free = self.budget - self.used
@@ -210,13 +237,18 @@ class MemoryManager:
     def _release(self, nbytes: int) -> None:
         self.used -= nbytes
         self.pressure.update(self.used / self.budget)
+        if self.pressure.level < self._responded:
+            self._responded = self.pressure.level  # left by freeing: re-armed for the next entry
 
-    def _run_cleanup(self, needed: int) -> int:
+    def _run_cleanup(self, needed: int, level: Union[PressureLevel, None] = None) -> int:
+        """Run hooks in order until ``needed`` bytes are freed; ``level`` limits them to its tiers
+        (None: every hook, the last resort before out of memory)."""
         freed = 0
-        for hook in self._cleanup:
+        for tier, hook in self._cleanup:
             if freed >= needed:
                 break
-            freed += hook(needed - freed)
+            if level is None or tier <= level:
+                freed += hook(needed - freed)
         return freed
 
     def stats(self) -> dict[str, Any]:
@@ -234,3 +266,74 @@ class MemoryManager:
                 "pressure": str(self.pressure.level), "oom_count": self.oom_count, "pools": pools,
                 "responses": [list(r) for r in self.responses],
             }
+
+
+class TensorCache:
+    """An evictable LRU cache of real tensors held through a manager: a model or latent cache.
+
+    Entries are manager allocations (tag ``cache:<name>``), written once so their pages are real.
+    The cache registers its ``evict`` as a cleanup hook of the given tier, so pressure responses
+    and the out-of-memory path free its tensors and the manager's used bytes fall. Filling is
+    non-critical by default: a cache does not grow in degraded mode.
+    """
+
+    def __init__(self, manager: MemoryManager, name: str, tier: PressureLevel = PressureLevel.WARNING) -> None:
+        self.manager, self.name, self.tier = manager, name, PressureLevel(tier)
+        self._entries: OrderedDict[str, Allocation] = OrderedDict()
+        self.hits = self.misses = self.evictions = self.evicted_bytes = 0
+        manager.add_cleanup(self.evict, level=self.tier)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.reserved for a in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: str, nbytes: int, critical: bool = False) -> Allocation:
+        """Insert (or refresh) ``key``; raises OutOfMemoryError / DegradedModeError as ``allocate`` does."""
+        with self.manager._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            alloc = self.manager.allocate(nbytes, tag=f"cache:{self.name}", critical=critical)
+            self.manager.tensor(alloc.id).fill_(1)  # resident pages, as a loaded model's are
+            self._entries[key] = alloc
+            return alloc
+
+    def get(self, key: str) -> Any:
+        with self.manager._lock:
+            alloc = self._entries.get(key)
+            if alloc is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return self.manager.tensor(alloc.id)
+
+    def evict(self, nbytes: int) -> int:
+        """Free least-recently-used entries until ``nbytes`` are freed or the cache is empty."""
+        freed = 0
+        with self.manager._lock:
+            while self._entries and freed < nbytes:
+                _key, alloc = self._entries.popitem(last=False)
+                self.manager.free(alloc.id)
+                freed += alloc.reserved
+                self.evictions += 1
+            self.evicted_bytes += freed
+        return freed
+
+    def clear(self) -> int:
+        """Drop every entry (not counted as eviction: an explicit reset, not a pressure response)."""
+        with self.manager._lock:
+            n = len(self._entries)
+            for alloc in self._entries.values():
+                self.manager.free(alloc.id)
+            self._entries.clear()
+            return n
+
+    def stats(self) -> dict[str, Any]:
+        with self.manager._lock:
+            return {"entries": len(self._entries), "bytes": self.nbytes, "tier": str(self.tier),
+                    "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                    "evicted_bytes": self.evicted_bytes}
