@@ -77,10 +77,11 @@ def reconnection(ctx: RunnerContext) -> None:
     if not methods or unknown:
         raise ValueError(f"break_methods must name some of {sorted(BREAKS)}, got {methods}")
     window = float(p["recovery_window_s"])
-    # Each break is measured as a first failure: the replacement runs ``settle_s`` before the next
-    # break and the pool counts a worker that stayed up that long as a stable start, so its
-    # restart back-off starts over (it would otherwise grow with every break of the series).
-    settle = float(p.get("settle_s", 0.5))
+    # Each break is measured as an independent first failure, as breaks in service are: the
+    # replacement runs ``settle_s`` before the next break, and the pool counts a worker that stayed
+    # up that long as a stable start, so its restart back-off starts over. (Breaks every fraction
+    # of a second would otherwise read as a crash loop and the back-off would grow per break.)
+    settle = float(p.get("settle_s", 0.2))
     config = PoolConfig(size=1, max_restarts=breaks + 1, restart_window_s=window * (breaks + 1),
                         stable_after_s=settle)
     rec = ctx.recorder
@@ -104,7 +105,8 @@ def reconnection(ctx: RunnerContext) -> None:
                        leaks="; ".join(res.leaks)[:300])
             if not res.recovered and all(s == "failed" for s in pool.states()):
                 break  # the pool gave up for good: later breaks have nothing to break
-            time.sleep(settle)
+            up_for = max((time.monotonic() - (c.ready_at or 0.0) for c in pool.clients), default=0.0)
+            time.sleep(max(0.0, settle - up_for))
 
 
 # ---- data transfer ---------------------------------------------------------------------------

@@ -45,9 +45,10 @@ class LinkTransferResult(msgspec.Struct):
 
 class CapabilityProfileParams(msgspec.Struct, forbid_unknown_fields=True):
     device: str = "cpu:0"  # a device id as discover_devices reports it
-    bandwidth_bytes: int = 16 << 20  # size of the buffers whose copies are timed
-    max_matmul_n: int = 4096  # largest square matmul tried per dtype
-    min_kernel_s: float = 0.002  # grow the matmul until one takes this long (timer resolution, launch cost)
+    bandwidth_bytes: int = 64 << 20  # size of the buffers whose copies are timed
+    min_matmul_n: int = 256  # operands start n x n, doubling up to max_matmul_n
+    max_matmul_n: int = 4096
+    min_kernel_s: float = 0.005  # grow the operands until one kernel takes this long (launch cost, wake-ups)
     repeats: int = 3  # each measurement is the best of this many
 
 

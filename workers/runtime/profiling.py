@@ -90,8 +90,13 @@ def _throughput(torch: Any, dtype: Any, device: str, p: CapabilityProfileParams)
         a, b = _operands(torch, dtype, 64, device)
         (a + b).float().sum()  # raises if not even this runs: the dtype is unsupported
         kernel = "elementwise"
-    best: Union[DtypeThroughput, None] = None
-    n = 64
+    # Grow the operands until a kernel takes min_kernel_s: below that, a timing measures launch
+    # cost and thread wake-ups, not the device. Every size is timed best-of-repeats, because one
+    # stalled timing (a descheduled thread on a loaded CPU stalls the whole kernel) would stop the
+    # growth early and report the stall as the device's throughput.
+    size: Union[int, None] = None
+    t = float("inf")
+    n = p.min_matmul_n
     while n <= p.max_matmul_n:
         try:
             a, b = _operands(torch, dtype, n, device)
@@ -99,16 +104,16 @@ def _throughput(torch: Any, dtype: Any, device: str, p: CapabilityProfileParams)
             fn()  # warm-up: kernel selection, caches
             t = _best_time(fn, sync, p.repeats)
         except _KERNEL_ERRORS:
-            if best is None:
+            if size is None:
                 raise
             break  # e.g. out of memory at this size: the last size that ran stands
-        ops = 2.0 * n**3 if kernel == "matmul" else float(n * n)
-        best = DtypeThroughput(kernel=kernel, size=n, ops_per_s=ops / max(t, 1e-9))
+        size = n
         if t >= p.min_kernel_s:
             break
         n *= 2
-    assert best is not None  # max_matmul_n >= 64 is checked by the caller
-    return best
+    assert size is not None  # min_matmul_n <= max_matmul_n is checked by the caller
+    ops = 2.0 * size**3 if kernel == "matmul" else float(size * size)
+    return DtypeThroughput(kernel=kernel, size=size, ops_per_s=ops / max(t, 1e-9))
 
 
 def _device_info(device: str) -> DeviceInfo:
@@ -123,8 +128,8 @@ def profile_device(p: CapabilityProfileParams, check: Callable[[], None]) -> Cap
     """The full profile of ``p.device``; ``check`` is called between measurements (cancel, deadline)."""
     if p.bandwidth_bytes < 1:
         raise ValueError(f"bandwidth_bytes must be positive, got {p.bandwidth_bytes}")
-    if p.max_matmul_n < 64:
-        raise ValueError(f"max_matmul_n must be at least 64, got {p.max_matmul_n}")
+    if not 16 <= p.min_matmul_n <= p.max_matmul_n:
+        raise ValueError(f"need 16 <= min_matmul_n <= max_matmul_n, got {p.min_matmul_n} and {p.max_matmul_n}")
     if p.repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {p.repeats}")
     if p.min_kernel_s < 0:
