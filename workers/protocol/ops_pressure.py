@@ -2,7 +2,8 @@
 
 A device's pressure state is its memory manager (``pressure.configure``) plus two evictable tensor caches
 registered on it as cleanup hooks: ``latents`` (evictable from WARNING: proactive cleanup) and ``models``
-(evictable only in an EMERGENCY or to avoid an out-of-memory failure). Balloons are named groups of real
+(unloaded from DEGRADED as far as the degraded response needs, all of them in an EMERGENCY or to avoid an
+out-of-memory failure). Balloons are named groups of real
 tensors that stand for memory the runtime does not own (another tenant, a leak, a large load); probes
 are inference-like requests that allocate a working set through the manager and compute on it. Every
 reply carries the device's ``state``; level changes and pressure responses reach the host as ``status``
@@ -95,7 +96,7 @@ SPECS: tuple[OperationSpec, ...] = (
     OperationSpec(
         "pressure.configure", PressureConfigureParams, PressureStateResult, idempotent=False,
         description="Create a device's memory manager with a budget and pressure policy, plus its evictable "
-                    "'latents' (WARNING tier) and 'models' (EMERGENCY tier) tensor caches as cleanup hooks; "
+                    "'latents' (WARNING tier) and 'models' (DEGRADED tier) tensor caches as cleanup hooks; "
                     "level changes and responses are sent as status events. Refused while the device holds "
                     "allocations."),
     OperationSpec(

@@ -153,8 +153,8 @@ class MemoryManager:
     def _respond(self) -> None:
         """The spec's responses, once per level entered (1.4, 3.2): WARNING runs the cleanup
         hooks of its tier proactively down to the warning exit; DEGRADED refuses non-critical
-        allocations (see ``allocate``) and sheds cache of its tiers to the middle of the degraded band,
-        so a spike ends below the degraded entry without leaving degraded mode at once; EMERGENCY
+        allocations (see ``allocate``) and sheds cache of its tiers back under the degraded entry (an
+        entry smaller than the hysteresis cannot take usage out of degraded mode, so no flapping); EMERGENCY
         runs every hook all the way (every evictable byte, models included)."""
         level = self.pressure.level
         if level <= self._responded:
@@ -171,9 +171,9 @@ class MemoryManager:
                                   lambda: self._run_cleanup(max(0, self.used - target), PressureLevel.WARNING))
         if level >= PressureLevel.DEGRADED and self.pressure.level >= PressureLevel.DEGRADED:
             # (an emergency cleanup may already have brought usage out of the degraded band)
-            target = int((t.degraded - t.hysteresis / 2) * self.budget)
-            self._record_response("degraded_mode",
-                                  lambda: self._run_cleanup(max(0, self.used - target), PressureLevel.DEGRADED))
+            target = int(t.degraded * self.budget)
+            self._record_response("degraded_mode",  # strictly under the entry: at least one byte
+                                  lambda: self._run_cleanup(max(0, self.used - target + 1), PressureLevel.DEGRADED))
 
     def _record_response(self, action: str, run: Callable[[], int]) -> None:
         before = self.used / self.budget

@@ -106,9 +106,10 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
 
         manager = MemoryManager(p.device, p.budget_bytes, thresholds=thresholds, on_pressure=on_level,
                                 on_response=on_response)
-        # Cheap-to-rebuild latents go first, from WARNING; models only in an emergency (or before an OOM).
+        # Cheap-to-rebuild latents go first, from WARNING; idle models are unloaded from DEGRADED, as far as
+        # the degraded response needs (and all of them in an emergency, or before an out-of-memory failure).
         caches = {"latents": TensorCache(manager, "latents", PressureLevel.WARNING),
-                  "models": TensorCache(manager, "models", PressureLevel.EMERGENCY)}
+                  "models": TensorCache(manager, "models", PressureLevel.DEGRADED)}
         server.memory[p.device] = manager
         devices[p.device] = DevicePressure(manager, caches)
         return PressureStateResult(devices[p.device].state())
