@@ -50,6 +50,7 @@ class BackgroundWorkload:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        import_torch()  # a worker serving work has torch loaded: its import is not the workload's
         self.started = time.monotonic()
         self._thread.start()
 
@@ -213,9 +214,9 @@ class PressureWorkload(BackgroundWorkload):
             return log_uniform(self.rng, max(64, self.chunk // 64), self.chunk * 4)
         return int(self.chunk * self.rng.uniform(0.5, 1.5))
 
-    def fill(self) -> None:
+    def fill(self, deadline: float) -> None:
         """Allocate up to the target; the last allocation is cut to land on it."""
-        while not self._stop.is_set():
+        while not self._stop.is_set() and time.monotonic() < deadline:
             room = self.target_bytes - self.m.used
             if room <= 0 or not self.allocate(min(self.size(), room), self.touch):
                 break
@@ -250,13 +251,13 @@ class PressureWorkload(BackgroundWorkload):
         gc.callbacks.append(self._on_gc)
         refs: list[Any] = []
         try:
-            self.fill()
+            self.fill(deadline)
             tick = 0.02
             now = time.monotonic()
             next_sample, next_full, next_burst = now, now + self.full_gc_interval, now + 1.0
             garbage_due = 0.0
             while not self._stop.is_set() and time.monotonic() < deadline:
-                self.churn(time.monotonic() >= next_burst)
+                self.churn(time.monotonic() >= next_burst, deadline)
                 if time.monotonic() >= next_burst:
                     next_burst += 1.0
                 garbage_due += self.garbage_rate * tick
@@ -279,16 +280,16 @@ class PressureWorkload(BackgroundWorkload):
             gc.callbacks.remove(self._on_gc)
         self.counters["peak_utilisation_ppm"] = int(self.peak_utilisation * 1e6)
 
-    def churn(self, burst_now: bool) -> None:
+    def churn(self, burst_now: bool, deadline: float) -> None:
         if self.pattern == "bursty_allocation":
             if burst_now:  # a quarter of the live set released at once and taken back at once
                 for _ in range(max(1, len(self.live) // 4)):
                     if self.live:
                         self.free_random()
-                self.fill()
+                self.fill(deadline)
             return
         # steady: one free and one allocation per tick; fragmented: a few of mixed sizes
         for _ in range(1 if self.pattern == "steady_allocation" else 4):
             if self.live:
                 self.free_random()
-        self.fill()
+        self.fill(deadline)

@@ -108,9 +108,11 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
     def stress_stop(ctx: RequestContext, p: StressParams) -> StressPollResult:
         w = current()
         w.stop()
+        state["workload"] = None  # its bookkeeping goes too: memory in use returns to what it was
         return poll_result(w)
 
     def in_use(ctx: RequestContext, p: InUseParams) -> InUseResult:
+        import_torch()  # the figures describe a worker with its runtime loaded, as during any workload
         m = server.memory.get(p.device)
         return InUseResult(allocator_view(p.device, []).handed_out, psutil.Process().memory_info().rss,
                            0 if m is None else m.used)
