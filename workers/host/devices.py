@@ -63,6 +63,10 @@ class DeviceRouter:
         self.max_attempts = max_attempts
         self._lock = threading.Lock()
         self.views: dict[str, DeviceView] = {name: DeviceView(name) for name in devices}
+        self.order = list(devices)  # preference: the first online device is the primary
+        self.primary: Union[str, None] = self.order[0]
+        self.promotions: list[tuple[float, str, Union[str, None]]] = []  # (monotonic, old primary, new)
+        self.dispatches: list[tuple[float, str, str]] = []  # (monotonic, device, role) per request sent
         self.changes: list[tuple[float, dict[str, Any]]] = []  # (monotonic, event data) as received
         client.on_status(self._on_status)
 
@@ -77,6 +81,9 @@ class DeviceRouter:
             self.changes.append((now, dict(data)))
             if change == "added" and name not in self.views:
                 self.views[name] = DeviceView(name)
+                self.order.append(name)
+                if self.primary is None:
+                    self.primary = name
                 return
             view = self.views.get(name)
             if view is None:
@@ -85,6 +92,7 @@ class DeviceRouter:
                 self._mark_lost(view, now, "event")
                 if change == "removed":
                     del self.views[name]
+                    self.order.remove(name)
             elif change == "draining":
                 view.state = "draining"
             elif change in ("reconnected", "restored"):
@@ -93,6 +101,10 @@ class DeviceRouter:
     def _mark_lost(self, view: DeviceView, now: float, via: str) -> None:
         if view.state != "lost":
             view.state, view.lost_at, view.lost_via = "lost", now, via
+        if view.name == self.primary:  # promote the next online device, without an operator
+            nxt = next((n for n in self.order if n in self.views and self.views[n].state == "online"), None)
+            self.promotions.append((now, view.name, nxt))
+            self.primary = nxt
 
     def online(self) -> list[str]:
         with self._lock:
@@ -102,8 +114,12 @@ class DeviceRouter:
         with self._lock:
             return self.views.get(name)
 
-    def _choose(self, exclude: set[str]) -> tuple[str, bool]:
+    def _choose(self, exclude: set[str], role: str) -> tuple[str, bool]:
         with self._lock:
+            if role == "primary" and self.primary is not None and self.primary not in exclude \
+                    and self.views[self.primary].state == "online":
+                self.views[self.primary].in_flight += 1
+                return self.primary, False
             candidates = [v for v in self.views.values() if v.state == "online" and v.name not in exclude]
             if candidates:
                 best = min(candidates, key=lambda v: (v.in_flight, v.completed))
@@ -121,8 +137,10 @@ class DeviceRouter:
                 view.completed += int(ok)
 
     # ---- work -----------------------------------------------------------------------------------
-    def run(self, params: dict[str, Any], *, timeout: float = 60.0, device: Union[str, None] = None) -> RoutedResult:
-        """Run ``device.run`` with ``params`` (minus the device) on a chosen device, failing over."""
+    def run(self, params: dict[str, Any], *, timeout: float = 60.0, device: Union[str, None] = None,
+            role: str = "any") -> RoutedResult:
+        """Run ``device.run`` with ``params`` (minus the device) on a chosen device, failing over:
+        on ``device`` first if given, on the primary for ``role="primary"``, else the least loaded."""
         attempts: list[tuple[str, str]] = []
         tried: set[str] = set()
         deadline = time.monotonic() + timeout
@@ -133,7 +151,9 @@ class DeviceRouter:
                     if name in self.views:
                         self.views[name].in_flight += 1
             else:
-                name, degraded = self._choose(tried)
+                name, degraded = self._choose(tried, role)
+            with self._lock:
+                self.dispatches.append((time.monotonic(), name, role))
             try:
                 result = self.client.request("device.run", {**params, "device": name},
                                              timeout=max(0.1, deadline - time.monotonic()))

@@ -73,6 +73,7 @@ class MemoryAllocateParams(msgspec.Struct, forbid_unknown_fields=True):
     baseline: bool = False  # also time a plain torch.empty of each size, outside the manager
     tag: str = ""
     critical: bool = True  # False: work the runtime may refuse in degraded mode
+    pool: Union[str, None] = None  # take each allocation from this pool's blocks (memory.pool_create)
 
 
 class AllocationTiming(msgspec.Struct, omit_defaults=True):
@@ -98,6 +99,13 @@ class MemoryFreeParams(msgspec.Struct, forbid_unknown_fields=True):
     ids: list[int] = []
     tag: Union[str, None] = None  # free every allocation with this tag
     all: bool = False
+
+
+class PoolCreateParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    block_bytes: int  # > 0
+    blocks: int  # > 0; the slab (block_bytes x blocks) is reserved from the budget at once
+    device: str = "cpu"
 
 
 class MemoryStatsResult(msgspec.Struct):
@@ -134,6 +142,8 @@ CORE_OPERATIONS: tuple[OperationSpec, ...] = (
                   description="Create a device's memory manager with a budget (refused while it holds allocations)."),
     OperationSpec("memory.allocate", MemoryAllocateParams, MemoryAllocateResult, idempotent=False,
                   description="Allocate real tensors through the manager, timing each (and a plain torch.empty)."),
+    OperationSpec("memory.pool_create", PoolCreateParams, MemoryStatsResult, idempotent=False,
+                  description="Reserve a pool of fixed-size blocks on a device (one slab tensor) for memory.allocate."),
     OperationSpec("memory.free", MemoryFreeParams, MemoryStatsResult, idempotent=False,
                   description="Free allocations by id, by tag, or all."),
     OperationSpec("memory.stats", MemoryDeviceParams, MemoryStatsResult, idempotent=True,

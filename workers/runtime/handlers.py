@@ -28,6 +28,7 @@ from workers.protocol.operations import (
     MemoryStatsResult,
     NoiseParams,
     NoiseResult,
+    PoolCreateParams,
     SleepParams,
     SleepResult,
 )
@@ -125,7 +126,7 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
             timing = AllocationTiming(bytes=size)
             t0 = time.perf_counter()
             try:
-                alloc = m.allocate(size, tag=p.tag, critical=p.critical)
+                alloc = m.allocate(size, tag=p.tag, critical=p.critical, pool=p.pool)
             except (torch.OutOfMemoryError, DegradedModeError, ValueError) as exc:
                 timing.error = f"{type(exc).__name__}: {exc}"
                 out.append(timing)
@@ -146,6 +147,11 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
             if i % 50 == 49:
                 ctx.progress(i + 1, len(p.sizes))
         return MemoryAllocateResult(out, m.stats())
+
+    def memory_pool_create(ctx: RequestContext, p: PoolCreateParams) -> MemoryStatsResult:
+        m = _manager(p.device)
+        m.add_pool(p.name, p.block_bytes, p.blocks)  # ValueError names a bad size; OOM names the budget
+        return MemoryStatsResult(m.stats())
 
     def memory_free(ctx: RequestContext, p: MemoryFreeParams) -> MemoryStatsResult:
         m = _manager(p.device)
@@ -171,6 +177,7 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         "memory.configure": memory_configure,
         "memory.allocate": memory_allocate,
         "memory.free": memory_free,
+        "memory.pool_create": memory_pool_create,
         "memory.stats": memory_stats,
         "echo": echo,
         "discover_devices": discover_devices,
