@@ -1,16 +1,17 @@
 """Planned runners of Part 3 (failure scenarios, spec 3.1-3.6); cases in hybrid_assets/catalog/cases/part3.yaml.
 
-device.disconnection_failover: 3.1 primary_device_sudden_disconnection. Simulated devices (one worker slot each,
-    slot 0 the primary GPU) under background load; at the case's disconnection_timing (primary idle, running an
-    inference, loading a model) disconnect the primary with the case's injector (sigkill, protocol_crash, sigstop),
-    journal every request, time detection and failover initiation, watch the secondaries' requests, the promotion of
-    a secondary and the load spread after failover (status polls), then reconnect the device and check it is taken
-    back; one sample per injection (per request or per poll where the metric says so).
-device.cascading_failures: 3.1 cascading_device_failures. 20 simulated devices; fail the primary then secondaries
-    (sigkill) until each of the case's failure_percentages is reached, at once or one every time_between_failures_s
-    x time_scale; at each level probe the basic operations (the CPU is never failed), check no work goes to failed
-    devices, no survivor is overloaded into failing, the reported device status matches reality and every error is
-    explained; samples labelled by level.
+device.disconnection_failover: 3.1 primary_device_sudden_disconnection. Simulated devices in one worker (sim:gpu0
+    the primary) under a journalled background load through the host's DeviceRouter; at the case's
+    disconnection_timing (primary idle, running an inference, loading a model) disconnect the primary with the
+    runtime's own disconnection_method (hardware disconnect, driver failure, power failure), time detection (the
+    router learning it) and failover initiation (work addressed to the primary sent to a secondary), check the
+    promotion of a secondary, the in-flight result re-run elsewhere, work conservation after failover (status
+    polls), leaks, then reconnect the device and check it serves again unaided; one sample per injection.
+device.cascading_failures: 3.1 cascading_device_failures. 20 simulated devices; disconnect the primary then
+    secondaries (hardware disconnect) until each of the case's failure_percentages is reached, at once or one every
+    time_between_failures_s x time_scale; at each level probe the basic operations (the CPU is never failed), check
+    no work goes to a device after its failure was detected, no survivor fails from overload, the reported device
+    status matches reality and every error is explained; samples labelled by level.
 memory.gradual_exhaustion: 3.2 gradual_memory_exhaustion. Drive the managed memory (the device, or the worker's
     memory_limit_mb) from 70 % to 99 % at 5 %/min x time_scale, steady, accelerating (same average) or in 5-point
     steps once a minute; record the utilization at which warning, cleanup, degraded mode and emergency cleanup are
