@@ -67,6 +67,7 @@ class CapabilityProfileResult(msgspec.Struct):
     device_copy_gbps: Union[float, None]  # a copy within the device's memory (read + write counted once)
     errors: list[str]  # measurements that failed, with the reason; their fields are None or absent
     profile_ms: float  # inside the worker, monotonic clock
+    phase_ms: dict[str, float] = {}  # where profile_ms went: "discovery", "bandwidth", "compute.<dtype>"
 
 
 SPECS: tuple[OperationSpec, ...] = (

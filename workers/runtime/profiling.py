@@ -135,7 +135,9 @@ def profile_device(p: CapabilityProfileParams, check: Callable[[], None]) -> Cap
     if p.min_kernel_s < 0:
         raise ValueError(f"min_kernel_s must not be negative, got {p.min_kernel_s}")
     t0 = time.perf_counter()
+    phase_ms: dict[str, float] = {}
     info = _device_info(p.device)
+    phase_ms["discovery"] = (time.perf_counter() - t0) * 1e3
     torch = import_torch()
     target = "cpu" if info.kind == "cpu" else p.device
     if info.kind == "cuda" and not (torch.cuda.is_available() and p.device.startswith("cuda:")
@@ -144,19 +146,24 @@ def profile_device(p: CapabilityProfileParams, check: Callable[[], None]) -> Cap
     if info.kind not in ("cpu", "cuda"):
         raise ValueError(f"device {p.device!r} is {info.kind}, not a real device this profile can measure")
     errors: list[str] = []
+    t = time.perf_counter()
     h2d, d2h, copy = _bandwidths(torch, target, p, errors)
+    phase_ms["bandwidth"] = (time.perf_counter() - t) * 1e3
     check()
     compute: dict[str, DtypeThroughput] = {}
     for name in PROFILE_DTYPES:
         dtype = getattr(torch, name, None)
         if dtype is None:
             continue
+        t = time.perf_counter()
         try:
             compute[name] = _throughput(torch, dtype, target, p)
         except _KERNEL_ERRORS:
             continue  # the dtype does not run here: unsupported, not an error of the profile
+        finally:
+            phase_ms[f"compute.{name}"] = (time.perf_counter() - t) * 1e3
         check()
     return CapabilityProfileResult(
         device=info, dtypes=list(compute), compute=compute, host_to_device_gbps=h2d, device_to_host_gbps=d2h,
-        device_copy_gbps=copy, errors=errors, profile_ms=(time.perf_counter() - t0) * 1e3,
+        device_copy_gbps=copy, errors=errors, profile_ms=(time.perf_counter() - t0) * 1e3, phase_ms=phase_ms,
     )
