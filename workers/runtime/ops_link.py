@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers.protocol.ops_link import (
     DIGEST_HEX_LEN,
+    FRAME_ENVELOPE_BYTES,
     CapabilityProfileParams,
     CapabilityProfileResult,
     LinkTransferParams,
@@ -26,7 +27,10 @@ _HEX = frozenset(string.hexdigits.lower())
 
 
 def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, Any], Any]]:
-    reply_limit = max_payload_bytes(server.config.max_frame_bytes)
+    # A worker started with a tiny frame limit still serves everything else; it just cannot
+    # carry transfer payloads (every reply_bytes > 0 is refused by name below).
+    room = server.config.max_frame_bytes - FRAME_ENVELOPE_BYTES
+    reply_limit = max_payload_bytes(server.config.max_frame_bytes) if room >= 4 else 0
 
     def transfer(ctx: RequestContext, p: LinkTransferParams) -> LinkTransferResult:
         if p.payload and not p.sha256:
