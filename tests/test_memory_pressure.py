@@ -96,6 +96,13 @@ def test_over_budget_raises_torch_oom_and_used_bytes_return_to_their_prior_level
     assert (m.used, m.stats()["live_allocations"]) == prior and m.oom_count == 2
     m.free(keep.id)
     assert m.used == 0
+    cache = TensorCache(m, "latents")
+    cache.put("a", 2 * MiB)
+    with pytest.raises(torch.OutOfMemoryError):
+        m.allocate(11 * MiB)  # no eviction can make room: the cache is left alone
+    assert cache.evictions == 0 and m.used == 2 * MiB
+    m.allocate(9 * MiB)  # this one fits once the cache goes: it does
+    assert cache.evictions == 1 and m.used == 9 * MiB and ("oom_cleanup", 2 * MiB) in m.responses
 
 
 def test_probe_degrades_refuses_retries_smaller_or_fails_leaving_nothing_allocated() -> None:

@@ -219,7 +219,8 @@ class MemoryManager:
 
     # ---- accounting -------------------------------------------------------------------------
     def _reserve(self, nbytes: int, what: str) -> None:
-        if self.used + nbytes > self.budget:
+        # larger than the whole budget: no eviction can make room, so none is made (the caches stay warm)
+        if self.used + nbytes > self.budget and nbytes <= self.budget:
             before = self.used / self.budget
             freed = self._run_cleanup(self.used + nbytes - self.budget)
             if freed:  # announced like the pressure responses: the host sees every eviction
