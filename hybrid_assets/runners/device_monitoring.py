@@ -69,7 +69,7 @@ def monitoring_updates(ctx: RunnerContext) -> None:
                 e.get("id") == d and e.get("temperature_c") == v for e in s.data.get("devices", [])),
                 timeout=max(2 * interval, 1.0) + 1.0)
             if seen is not None:
-                rec.record("update_delivery_latency_s", seen.t - t0, "s", device=device, metric="temperature_c")
+                rec.record("update_delivery_latency_s", seen.t - t0, "s", device=device, reading="temperature_c")
             else:
                 ctx.log.warning("temperature %.3f on %s never reached the host", value, device)
             k += 1
@@ -80,7 +80,7 @@ def monitoring_updates(ctx: RunnerContext) -> None:
         found = _intervals(ticks, CRITICAL_METRICS)
         for (device, metric), values in sorted(found.items()):
             for v in values:
-                rec.record("critical_update_interval_s", v, "s", device=device, metric=metric)
+                rec.record("critical_update_interval_s", v, "s", device=device, reading=metric)
         missing = sorted({f"{e['id']}:{m}" for s in ticks for e in s.data.get("devices", [])
                           for m in CRITICAL_METRICS if m not in e and not (e["id"] == "cpu" and m.startswith("ecc"))})
         rec.note("critical_metrics_not_reported", missing)
@@ -88,25 +88,36 @@ def monitoring_updates(ctx: RunnerContext) -> None:
         rec.note("health_events", len(ticks))
 
 
+def _calibrate(client: WorkerClient, work: dict[str, Any], target_s: float) -> dict[str, Any]:
+    """The stand-in's iteration count for about ``target_s`` on this machine now: it is shared,
+    and a fixed count takes 20x longer when other work competes for the cores."""
+    client.request("device.run", {**work, "iterations": 5}, timeout=120.0)  # kernel set-up, first-use costs
+    probe = 20
+    t = client.request("device.run", {**work, "iterations": probe}, timeout=120.0)["run_s"]
+    return {**work, "iterations": max(1, min(1_000_000, round(probe * target_s / max(t, 1e-6))))}
+
+
 def monitoring_overhead(ctx: RunnerContext) -> None:
     p = ctx.params
     pairs, interval = int(p["pairs"]), float(p.get("monitor_interval_s", 1.0))
+    target_s = float(p.get("stand_in_target_s", 0.5))
     work = {"device": str(p.get("stand_in_device", "cpu")), "workload": "inference",
-            "iterations": int(p.get("stand_in_iterations", 40)), "matrix_n": int(p.get("stand_in_matrix_n", 256))}
+            "matrix_n": int(p.get("stand_in_matrix_n", 512))}
     n_sims = int(p.get("simulated_devices", 4))
     rec = ctx.recorder
-    rec.note("reference_workload", f"device.run inference matmul stand-in {work} for the case's "
-             f"{p.get('workload')!r} ({p.get('width_px')}x{p.get('height_px')}, {p.get('steps')} steps) until the "
-             "inference domain lands")
     rng = random.Random(7)
     with WorkerClient(ctx.worker_argv, name=f"{ctx.case_id}-worker").start() as client:
         if n_sims:
             client.request("devices.configure", {"devices": sim_specs(n_sims)})
         events = DeviceEvents(client, kinds={"health"})
         start = events.mark()
-        client.request("device.run", {**work, "iterations": 2}, timeout=120.0)  # warm up the kernels
+        work = _calibrate(client, work, target_s)
+        rec.note("reference_workload", f"device.run inference matmul stand-in {work} (about {target_s:g} s) for "
+                 f"the case's {p.get('workload')!r} ({p.get('width_px')}x{p.get('height_px')}, {p.get('steps')} "
+                 "steps) until the inference domain lands")
         for i in range(pairs):
             times: dict[bool, float] = {}
+            ticks = 0
             for monitored in ((True, False) if i % 2 == 0 else (False, True)):
                 client.request("devices.monitor", {"enabled": monitored, "interval_s": interval})
                 if monitored:
