@@ -104,7 +104,7 @@ def critical_alerting(ctx: RunnerContext) -> None:
         devices, kinds, interval = _setup(ctx, client)
         healing = _Healing(events, interval)
         for i in range(alerts):
-            device, kind = devices[i % len(devices)], kinds[(i // len(devices) + i) % len(kinds)]
+            device, kind = devices[(i + i // len(kinds)) % len(devices)], kinds[i % len(kinds)]
             healing.ready(device)
             if kind == "memory":
                 # Memory is assessed at the monitor's ticks, and the wait for the last restore ended
@@ -143,7 +143,7 @@ def health_intervention(ctx: RunnerContext) -> None:
         events = DeviceEvents(client)
         healing = _Healing(events, interval)
         for i in range(injections):
-            device, kind = devices[i % len(devices)], kinds[(i // len(devices) + i) % len(kinds)]
+            device, kind = devices[(i + i // len(kinds)) % len(devices)], kinds[i % len(kinds)]
             healing.ready(device)
             labels = {"device": device, "kind": kind, "seq": i}
             mark = events.mark()
