@@ -140,7 +140,7 @@ def gc_throughput_impact(ctx: RunnerContext) -> None:
     with own_worker(ctx) as (pool, _events):
         pool.request("memory.gc_throughput", {"seconds": min(run_s, 0.5), "gc_enabled": True},
                      timeout=60.0)  # warm-up: torch loaded, caches filled
-        reductions = []
+        reductions, gc_shares = [], []
         for i in range(pairs):
             order = (True, False) if i % 2 == 0 else (False, True)  # alternate which goes first
             rates = {}
@@ -148,11 +148,15 @@ def gc_throughput_impact(ctx: RunnerContext) -> None:
                 r = pool.request("memory.gc_throughput", {"seconds": run_s, "gc_enabled": enabled},
                                  timeout=run_s + 60.0)
                 rates[enabled] = r["ops"] / r["elapsed_s"]
+                if enabled:  # the collections' own time: what the pairs' difference should be near
+                    gc_shares.append(r["gc_time_s"] / r["elapsed_s"])
                 rec.record("workload_throughput_per_s", rates[enabled], "1/s", gc_enabled=enabled, pair=i)
             reduction = 1.0 - rates[True] / rates[False]
             reductions.append(reduction)
             rec.record("gc_throughput_reduction_ratio", reduction, "ratio", pair=i)
         rec.note("median_reduction", statistics.median(reductions))
+        rec.note("median_gc_time_share_when_on", statistics.median(gc_shares))
+        rec.note("reduction_stdev", statistics.stdev(reductions) if len(reductions) > 1 else 0.0)
 
 
 # ---- GC scaling ------------------------------------------------------------------------------------------
