@@ -69,7 +69,10 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
                     dtype_cache[(backing, name)] = devices.dtype_works(torch, backing, name)
             return [name for name in claimed if dtype_cache[(backing, name)]]
 
-        simulated = ops_devices.simulated_discovery(server, probe)
+        def known(backing: str, claimed: list[str]) -> bool:
+            return p.use_cache and all((backing, name) in dtype_cache for name in claimed)
+
+        simulated = ops_devices.simulated_discovery(server, probe, known)
         return msgspec.structs.replace(result, devices=list(result.devices) + simulated,
                                        discovery_ms=(time.perf_counter() - t0) * 1e3)
 

@@ -269,21 +269,24 @@ def control_handlers(server: WorkerServer) -> dict[str, Callable[[Any], Any]]:
             "devices.list": list_devices, "devices.monitor": monitor}
 
 
-def simulated_discovery(server: WorkerServer, probe: Callable[[str, list[str]], list[str]]) -> list[Any]:
-    """DeviceInfo-shaped entries for the enumerated simulated devices, dtypes verified by ``probe``."""
+def simulated_discovery(server: WorkerServer, probe: Callable[[str, list[str]], list[str]],
+                        cached: Callable[[str, list[str]], bool] = lambda backing, dtypes: False) -> list[Any]:
+    """DeviceInfo-shaped entries for the enumerated simulated devices, dtypes verified by ``probe``;
+    ``cached(backing, dtypes)`` says whether the verification was already known before this call."""
     rt = runtime(server)
     out = []
     for dev in rt.registry.devices():
         if not dev.state.enumerated:
             continue
         t0 = time.perf_counter()
+        from_cache = cached(dev.spec.backing, list(dev.spec.dtypes))
         dtypes = probe(dev.spec.backing, list(dev.spec.dtypes))
         m = server.memory.get(dev.name)
         used = m.used if m is not None else 0
         out.append(msgspec.structs.replace(_SIM_TEMPLATE, id=dev.name, name=dev.name, backing=dev.spec.backing,
                                            memory_total=dev.spec.memory_bytes,
                                            memory_free=dev.spec.memory_bytes - used, dtypes=dtypes,
-                                           cores=dev.spec.compute_units, state=str(dev.state),
+                                           cores=dev.spec.compute_units, state=str(dev.state), cached=from_cache,
                                            assessment_ms=(time.perf_counter() - t0) * 1e3))
     return out
 
