@@ -66,13 +66,14 @@ def test_healthy_worker_passes_and_the_views_hold_the_run(tmp_path: Path) -> Non
     assert not set(failing) - timing, failing
     for name in timing:
         md = evaluations[name].metadata
-        assert md["observed"].value > md["threshold"].value, (name, failing[name])
+        breached = md["observed"].value > md["threshold"].value
+        assert breached or failing[name].startswith("too little evidence"), (name, failing[name])
     assert "gpu_compute_capability_valid" not in evaluations  # SKIPPED here: no result, never a PASS
     rt = evaluations["round_trip_p99_under_10ms"].metadata
     assert rt["threshold"].value == 0.01 and 0 < rt["observed"].value < 0.01
     assert rt["spec"].value.startswith("4.1:")
     mat = result.asset_materializations_for_node("part1_workflows__cold_start_device_discovery")[0]
-    assert mat.metadata["verdict"].value == ("FAIL" if failing else "PASS")
+    assert mat.metadata["verdict"].value in (("FAIL", "INVALID") if failing else ("PASS",))
 
     store = MetricsStore(store_path)
     run_id = result.run_id
