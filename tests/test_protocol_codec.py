@@ -107,6 +107,13 @@ def test_decoder_never_raises_on_arbitrary_json_objects(obj: dict) -> None:
         assert obj.get("type") == "request" and isinstance(out.op, str)
 
 
+def test_a_frame_without_the_request_tag_is_refused_with_its_id() -> None:
+    # msgspec accepts a lone tagged struct with its tag missing; found by the property above.
+    out = codec.decode_request(b'{"id": 0, "op": ""}', 1 << 16)
+    assert isinstance(out, DecodeFailure) and out.code == ErrorCode.INVALID_MESSAGE
+    assert "type" in out.message and out.id == 0
+
+
 def test_params_conversion_names_the_bad_field() -> None:
     from workers.protocol.messages import PingParams
 

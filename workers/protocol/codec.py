@@ -16,7 +16,14 @@ from workers.protocol.framing import Oversized
 from workers.protocol.messages import ErrorCode, Request, RequestId, WorkerMessage
 
 _encoder = msgspec.json.Encoder()
-_request_decoder = msgspec.json.Decoder(Request)
+
+
+class _TagGuard(msgspec.Struct, tag="\x00never", tag_field="type"):
+    """Never sent. msgspec accepts a lone tagged struct whose tag field is missing; in a
+    union of two it insists on the tag, so a frame without ``"type": "request"`` is refused."""
+
+
+_request_decoder = msgspec.json.Decoder(Union[Request, _TagGuard])
 _worker_decoder = msgspec.json.Decoder(WorkerMessage)
 
 
@@ -69,9 +76,12 @@ def decode_request(frame: Union[bytes, Oversized], max_bytes: int) -> Union[Requ
             f"frame of {frame.size} bytes exceeds the limit of {max_bytes} bytes",
         )
     try:
-        return _request_decoder.decode(frame)
+        decoded = _request_decoder.decode(frame)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _classify(frame, exc, "request")
+    if not isinstance(decoded, Request):
+        return DecodeFailure(ErrorCode.INVALID_MESSAGE, "invalid request: `type` must be 'request'")
+    return decoded
 
 
 def decode_worker_message(frame: Union[bytes, Oversized]) -> Union[WorkerMessage, DecodeFailure]:
