@@ -88,9 +88,8 @@ def _unlink(name: str) -> bool:
         seg = shared_memory.SharedMemory(name=name)
     except FileNotFoundError:
         return False
-    resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
     seg.close()
-    seg.unlink()
+    seg.unlink()  # also drops the tracker registration the attach made (Python 3.11)
     return True
 
 
@@ -105,7 +104,8 @@ def read(ref: ImageRef, *, verify: bool = True, unlink: bool = False) -> np.ndar
         seg = shared_memory.SharedMemory(name=ref.shm)
     except FileNotFoundError:
         raise ValueError(f"image {ref.shm}: no such shared-memory segment (already taken or never made)") from None
-    resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    if not unlink:  # unlink() drops the registration itself; dropping it twice upsets the tracker
+        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
     try:
         need = int(np.prod(shape))
         if seg.size < need:

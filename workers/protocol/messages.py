@@ -42,6 +42,11 @@ class ErrorCode:
     INTERNAL_ERROR = "INTERNAL_ERROR"
     DEVICE_LOST = "DEVICE_LOST"  # the request's device went away (removed, disconnected, failed) under it
     DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"  # the device is draining or offline: send the work elsewhere
+    MODEL_NOT_LOADED = "MODEL_NOT_LOADED"  # the request names a model that is not resident: load it first
+    MODEL_CORRUPT = "MODEL_CORRUPT"  # weights failed verification and could not be repaired; nothing served
+    CACHE_FULL = "CACHE_FULL"  # the model does not fit the device cache even after eviction
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"  # the device ran out of memory and every fallback did too
+    NAN_OUTPUT = "NAN_OUTPUT"  # the generation produced NaN (a garbage image is never returned)
     # Raised by the host side, never sent by a worker:
     WORKER_LOST = "WORKER_LOST"  # the worker died or hung with the request in flight
     TIMEOUT = "TIMEOUT"  # no response within the host's timeout
@@ -52,6 +57,7 @@ class ErrorCode:
     ALL = (
         PARSE_ERROR, FRAME_TOO_LARGE, INVALID_MESSAGE, UNKNOWN_OPERATION, INVALID_PARAMS,
         DUPLICATE_ID, DEADLINE_EXCEEDED, CANCELLED, SHUTTING_DOWN, INTERNAL_ERROR, DEVICE_LOST, DEVICE_UNAVAILABLE,
+        MODEL_NOT_LOADED, MODEL_CORRUPT, CACHE_FULL, OUT_OF_MEMORY, NAN_OUTPUT,
         WORKER_LOST, TIMEOUT, WORKER_START_FAILED, PROTOCOL_MISMATCH, NO_WORKER_AVAILABLE,
     )
 

@@ -163,9 +163,10 @@ CORE_OPERATIONS: tuple[OperationSpec, ...] = (
 
 def _all_operations() -> tuple[OperationSpec, ...]:
     # Domain modules add their operations here; names must stay unique across them.
-    from workers.protocol import ops_devices, ops_link, ops_memory_stress, ops_pressure
+    from workers.protocol import ops_devices, ops_link, ops_memory_stress, ops_models, ops_pressure
 
-    ops = CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS + ops_link.SPECS
+    ops = (CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS + ops_link.SPECS
+           + ops_models.SPECS)
     names = [o.name for o in ops]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

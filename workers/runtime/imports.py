@@ -28,3 +28,30 @@ def import_torch() -> Any:
             gc.freeze()
             _frozen = True
     return torch
+
+
+_diffusers_ready = False
+
+
+def quiet_diffusers() -> None:
+    """Import diffusers and transformers once, hub access off, their chatter at ERROR only
+    (progress bars and advice would otherwise fill the worker's stderr log), and freeze the
+    import's objects out of the collector as for torch."""
+    global _diffusers_ready
+    import os
+
+    with _lock:
+        if _diffusers_ready:
+            return
+        # Nothing is ever fetched: models come from the local store only.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+        gc.collect()
+        gc.freeze()
+        _diffusers_ready = True

@@ -101,6 +101,10 @@ class ModelCache:
         with self._lock:
             return list(self._resident.values())
 
+    def loading(self) -> list[str]:
+        with self._lock:
+            return sorted(self._pending)
+
     def used_bytes(self) -> int:
         with self._lock:
             return sum(m.bytes for m in self._resident.values())

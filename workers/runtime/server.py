@@ -44,7 +44,7 @@ from workers.protocol.messages import (
 )
 from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
 from workers.protocol.opspec import OperationSpec
-from workers.runtime import handlers, ops_devices, ops_link, ops_memory_stress, ops_pressure
+from workers.runtime import handlers, ops_devices, ops_link, ops_memory_stress, ops_models, ops_pressure
 from workers.runtime.context import Cancelled, DeadlineExceeded, OperationError, RequestContext
 
 log = logging.getLogger("workers.server")
@@ -81,12 +81,15 @@ class WorkerServer:
             s.name: s for s in OPERATIONS if config.allow_fault_injection or not s.fault
         }
         self._work: dict[str, Callable[[RequestContext, Any], Any]] = {}
-        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link):
+        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link, ops_models):
             self._work.update(module.work_handlers(self))
-        self._control_handlers: dict[str, Callable[[Any], Any]] = ops_devices.control_handlers(self)
+        self._control_handlers: dict[str, Callable[[Any], Any]] = {
+            **ops_devices.control_handlers(self), **ops_models.control_handlers(self)}
         # Work that runs on a domain's own executor (a device's), not the shared queue; the
         # router answers it itself, through ``execute``.
-        self._routed: dict[str, Callable[[Request, Any], None]] = ops_devices.routed_handlers(self)
+        self._routed: dict[str, Callable[[Request, Any], None]] = {
+            **ops_devices.routed_handlers(self), **ops_models.routed_handlers(self)}
+        self._routed_ctx: dict[RequestId, RequestContext] = {}  # routed work in flight, for cancel
         self._queue: list[_Queued] = []
         self._queued_ids: dict[RequestId, _Queued] = {}
         self._cv = threading.Condition()
@@ -242,7 +245,19 @@ class WorkerServer:
             if self._running is not None and self._running.request.id == target:
                 self._running.ctx.cancel()
                 return "running-cancel-requested"
+            routed = self._routed_ctx.get(target)
+            if routed is not None:
+                routed.cancel()  # a pool answers it CANCELLED at its next check (or before it runs)
+                return "running-cancel-requested"
         return "unknown"
+
+    def track_routed(self, rid: RequestId, ctx: RequestContext) -> None:
+        with self._cv:
+            self._routed_ctx[rid] = ctx
+
+    def untrack_routed(self, rid: RequestId) -> None:
+        with self._cv:
+            self._routed_ctx.pop(rid, None)
 
     # ---- work queue (executor thread) ------------------------------------------------
     def _enqueue(self, req: Request, spec: OperationSpec, params: Any) -> None:
