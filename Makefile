@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 # Nothing is fetched from a model hub at run time, ever.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run gate test test-fast lint schema suites coverage bench bench-load dev summary report clean
+.PHONY: setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,20 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
+# Tiny random-weight pipelines, a ControlNet, a LoRA and synthetic weight files, built from code
+# (nothing downloaded); kept when current. HYBRID_MODEL_ROOT moves them.
+MODEL_ROOT ?= $(or $(HYBRID_MODEL_ROOT),var/models)
+models: setup
+	$(BIN)/python -m workers.models.generate --root $(MODEL_ROOT) --profile $${HYBRID_PROFILE:-smoke}
+
 # `make run` succeeds when the pipeline ran, whatever the verdicts (they are in the summary and
 # the reports); `make gate` fails on any line that did not pass, for CI use.
-run: setup
+run: setup models
 	$(BIN)/python -m hybrid_assets run --profile $${HYBRID_PROFILE:-smoke}; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "(some checks did not pass: see the summary above and the reports)"; \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
-gate: setup
+gate: setup models
 	$(BIN)/python -m hybrid_assets run --profile $${HYBRID_PROFILE:-smoke}
 
 summary: setup
@@ -42,7 +48,7 @@ summary: setup
 report: setup
 	$(BIN)/python -m hybrid_assets report
 
-test: setup
+test: setup models
 	$(BIN)/ruff check workers hybrid_assets tests
 	$(BIN)/python -m workers.protocol.schema --check
 	$(BIN)/python -m hybrid_assets.catalog.suites --check
@@ -69,6 +75,9 @@ bench: setup
 
 bench-load: setup
 	$(BIN)/python -m hybrid_assets.load.bench
+
+bench-models: setup models
+	$(BIN)/python -m workers.bench.inference --root $(MODEL_ROOT)
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
