@@ -92,6 +92,12 @@ class HostModelCache:
             _release(segments)
             raise
         with self._lock:
+            raced = self._entries.get(name)
+            if raced is not None:  # another thread filled it meanwhile: keep theirs, drop ours
+                _release(segments)
+                raced.hits += 1
+                self.hits += 1
+                return Fill(name, True, time.perf_counter() - t0, raced.bytes, ())
             evicted = self._make_room(size)
             self._entries[name] = CachedModel(name, segments, {r: len(b) for r, b in data.items()}, size,
                                               time.perf_counter() - t0)

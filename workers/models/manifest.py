@@ -97,6 +97,13 @@ def validate(doc: ManifestDoc, where: str = MANIFEST_NAME) -> None:
         load_order(doc.models, [name])  # raises on a cycle
 
 
+def known(names: Iterator[str] | list[str] | Mapping[str, object], limit: int = 20) -> str:
+    """A bounded list of names for error messages (a root can hold hundreds of models)."""
+    ordered = sorted(names)
+    more = f" (+{len(ordered) - limit} more)" if len(ordered) > limit else ""
+    return f"{ordered[:limit]}{more}"
+
+
 def load_order(models: Mapping[str, ModelEntry], names: list[str]) -> list[str]:
     """Dependencies before dependents (depth first), each once; a cycle or unknown name is named."""
     order: list[str] = []
@@ -105,7 +112,7 @@ def load_order(models: Mapping[str, ModelEntry], names: list[str]) -> list[str]:
     def visit(name: str, chain: tuple[str, ...]) -> None:
         if name not in models:
             via = f" (needed by {chain[-1]!r})" if chain else ""
-            raise ManifestError(f"unknown model {name!r}{via}; known: {sorted(models)}")
+            raise ManifestError(f"unknown model {name!r}{via}; known: {known(models)}")
         if state.get(name) == 2:
             return
         if state.get(name) == 1:

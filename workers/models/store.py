@@ -59,7 +59,7 @@ class ModelStore:
     def entry(self, name: str) -> mf.ModelEntry:
         models = self.manifest().models
         if name not in models:
-            raise ModelNotFound(f"model {name!r} is not in {self.root / mf.MANIFEST_NAME}; known: {sorted(models)}")
+            raise ModelNotFound(f"model {name!r} is not in {self.root / mf.MANIFEST_NAME}; known: {mf.known(models)}")
         return models[name]
 
     def load_order(self, names: list[str]) -> list[str]:

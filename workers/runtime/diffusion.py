@@ -30,7 +30,7 @@ SCHEDULERS = {
 MAX_PROMPT_CHARS = 4096  # CLIP reads 77 tokens; a longer prompt is a client bug, refused by name
 MAX_SIDE = 4096
 MAX_BATCH = 64
-MAX_STEPS = 1000
+MAX_STEPS = 500  # DDIM (steps_offset=1) indexes past its 1000 training steps at 1000; spec max: 100
 
 
 class NanOutput(RuntimeError):

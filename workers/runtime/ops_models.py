@@ -46,6 +46,9 @@ if TYPE_CHECKING:
     from workers.runtime.server import WorkerServer
 
 log = logging.getLogger(__name__)
+# model.load and inference.run are routed at once, not queued behind models.configure: a host
+# must wait for configure's answer before sending them (ModelHost does).
+_NOT_CONFIGURED = "no model root configured: send models.configure and wait for its answer first"
 _proc = psutil.Process()
 
 
@@ -90,7 +93,7 @@ class ModelRuntime:
 
     def require(self) -> ModelCache:
         if self.cache is None:
-            raise ValueError("no model root configured: send models.configure first")
+            raise ValueError(_NOT_CONFIGURED)
         return self.cache
 
     # ---- configuration -------------------------------------------------------------------
@@ -121,7 +124,7 @@ class ModelRuntime:
     # ---- loading -------------------------------------------------------------------------
     def route_load(self, req: Request, p: ModelLoadParams) -> None:
         if self.cache is None or self.loaders is None:
-            self.server.fail(req.id, ErrorCode.INVALID_PARAMS, "model.load: send models.configure first")
+            self.server.fail(req.id, ErrorCode.INVALID_PARAMS, f"model.load: {_NOT_CONFIGURED}")
             return
         self.loaders.submit(req.id, "model.load", req.priority, req.deadline_ms, p, self._load)
 
@@ -178,7 +181,7 @@ class ModelRuntime:
     # ---- inference -----------------------------------------------------------------------
     def route_inference(self, req: Request, p: InferenceParams) -> None:
         if self.slots is None:
-            self.server.fail(req.id, ErrorCode.INVALID_PARAMS, "inference.run: send models.configure first")
+            self.server.fail(req.id, ErrorCode.INVALID_PARAMS, f"inference.run: {_NOT_CONFIGURED}")
             return
         self.slots.submit(req.id, "inference.run", req.priority, req.deadline_ms, p, self._infer)
 
