@@ -130,3 +130,18 @@ def test_discovery_health_monitoring_and_bad_input(worker_argv: list[str]) -> No
         big = c.request("memory.allocate", {"device": "sim:gpu0", "sizes": [65 * MiB], "free": False})
         assert big["allocations"][0]["error"].startswith("OutOfMemoryError")  # larger than the device
         assert c.request("ping") == {"payload": ""}  # still serving
+
+
+
+def test_device_run_is_cancellable_queued_or_running(worker_argv: list[str]) -> None:
+    with WorkerClient(worker_argv).start() as c:
+        running = c.submit("device.run", {"device": "cpu", "iterations": 10**8, "matrix_n": 64})
+        queued = c.submit("device.run", {"device": "cpu", "iterations": 10**8, "matrix_n": 64})
+        time.sleep(0.3)
+        for pending in (queued, running):
+            assert c.request("cancel", {"target": pending.id})["state"] == "running-cancel-requested"
+            assert pending.wait(10), "a cancelled device.run must stop, not run to its end"
+            with pytest.raises(WorkerError) as cancelled:
+                pending.result()
+            assert cancelled.value.code == ErrorCode.CANCELLED
+        assert c.request("device.run", {"device": "cpu", "iterations": 1})["iterations"] == 1

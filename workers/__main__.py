@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -54,9 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.fault_startup_delay)
     server = WorkerServer(config, sys.stdin.buffer, protocol_out)
     try:
-        return server.serve()
+        rc = server.serve()
     except KeyboardInterrupt:
-        return 130
+        rc = 130
+    # Work threads that outlived the shutdown grace period may still be inside torch; letting the
+    # interpreter finalise under them aborts the process (SIGABRT, seen with a long device.run).
+    # Every answer is written by now: flush and leave without finalising.
+    logging.shutdown()
+    for stream in (protocol_out, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Union
 
 from workers.protocol.messages import RequestId
@@ -36,9 +37,15 @@ class RequestContext:
         self.deadline = None if deadline_ms is None else self.received + deadline_ms / 1e3
         self.budget_ms = deadline_ms
         self._cancelled = threading.Event()
+        # Set by an executor holding the request in its own queue, so a cancel answers a queued
+        # request at once instead of when its turn comes (which may be never, behind long work).
+        self.on_cancel: Union[Callable[[], None], None] = None
 
     def cancel(self) -> None:
         self._cancelled.set()
+        hook = self.on_cancel
+        if hook is not None:
+            hook()
 
     @property
     def cancelled(self) -> bool:

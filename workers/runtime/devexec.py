@@ -35,9 +35,10 @@ class _Item:
 
 class DeviceExecutor:
     def __init__(self, device: str, execute: Callable[[RequestId, str, Run, RequestContext, Any], None],
-                 fail: Callable[[RequestId, str, str, bool], None], run: Run) -> None:
+                 fail: Callable[[RequestId, str, str, bool], None], run: Run,
+                 untrack: Callable[[RequestId], None] = lambda rid: None) -> None:
         self.device = device
-        self._execute, self._fail, self._run_fn = execute, fail, run
+        self._execute, self._fail, self._run_fn, self._untrack = execute, fail, run, untrack
         self._queue: collections.deque[_Item] = collections.deque()
         self._cv = threading.Condition()
         self._running: Union[_Item, None] = None
@@ -53,7 +54,9 @@ class DeviceExecutor:
             if self._closed:
                 self._fail(rid, ErrorCode.SHUTTING_DOWN, "worker is shutting down", True)
                 return
-            self._queue.append(_Item(rid, ctx, params))
+            item = _Item(rid, ctx, params)
+            self._queue.append(item)
+            ctx.on_cancel = lambda it=item: self._cancel_queued(it)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=f"device-{self.device}", daemon=True)
                 self._thread.start()
@@ -75,7 +78,19 @@ class DeviceExecutor:
             self._fail(item.rid, ErrorCode.DEVICE_LOST, message, True)
         return len(queued) + (1 if running is not None else 0)
 
+    def _cancel_queued(self, item: _Item) -> None:
+        with self._cv:
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                return  # already running (it sees the cancellation at its next step) or done
+        self._untrack(item.rid)
+        self._fail(item.rid, ErrorCode.CANCELLED, "cancelled by the host while queued", False)
+
     def close(self, drain: bool, timeout: float = 30.0) -> None:
+        """Stop taking work. With a grace ``timeout`` (shutdown), running work still going after
+        it is cancelled and answered SHUTTING_DOWN; with none (a lost device) the running item
+        fails by itself with DEVICE_LOST at its next step."""
         with self._cv:
             self._closed = True
             if not drain:
@@ -89,6 +104,14 @@ class DeviceExecutor:
             self._fail(item.rid, ErrorCode.SHUTTING_DOWN, "worker shut down before the request ran", True)
         if thread is not None:
             thread.join(timeout)
+            with self._cv:
+                running = self._running
+            if timeout > 0 and thread.is_alive() and running is not None:
+                # Still running after the grace period: stop it at its next step and answer it now,
+                # so the host is never left waiting on a worker that is exiting.
+                running.ctx.cancel()
+                self._fail(running.rid, ErrorCode.SHUTTING_DOWN,
+                           f"worker shut down while the request was still running after {timeout:g} s", True)
 
     # ---- thread ----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -105,6 +128,7 @@ class DeviceExecutor:
             try:
                 self._execute(item.rid, "device.run", self._run_fn, item.ctx, item.params)
             finally:
+                self._untrack(item.rid)
                 with self._cv:
                     self._running = None
                     self.completed += 1

@@ -188,8 +188,9 @@ class DeviceRuntime:
         executor = self.executors.get(p.device)
         if executor is None:
             executor = self.executors[p.device] = DeviceExecutor(p.device, self.server.execute, self.server.fail,
-                                                                 self._run)
+                                                                 self._run, self.server.untrack_routed)
         ctx = RequestContext(self.server, req.id, req.deadline_ms)
+        self.server.track_routed(req.id, ctx)  # so `cancel` reaches it, queued or running
         executor.submit(req.id, ctx, (p, generation, backing))
 
     def _run(self, ctx: RequestContext, item: tuple[DeviceRunParams, Union[int, None], str]) -> DeviceRunResult:

@@ -191,8 +191,12 @@ class WorkerServer:
         if spec.name in self._routed:
             with self._cv:
                 stopping = self._stopping
+                duplicate = req.id in self._routed_ctx or req.id in self._queued_ids
             if stopping:
                 self._error(req.id, ErrorCode.SHUTTING_DOWN, "worker is shutting down", retryable=True)
+                return
+            if duplicate:
+                self._error(req.id, ErrorCode.DUPLICATE_ID, f"request id {req.id!r} is already in flight")
                 return
             self._routed[spec.name](req, params)
             return
@@ -246,9 +250,9 @@ class WorkerServer:
                 self._running.ctx.cancel()
                 return "running-cancel-requested"
             routed = self._routed_ctx.get(target)
-            if routed is not None:
-                routed.cancel()  # a pool answers it CANCELLED at its next check (or before it runs)
-                return "running-cancel-requested"
+        if routed is not None:  # outside the lock: the executor's hook answers a queued one at once
+            routed.cancel()
+            return "running-cancel-requested"
         return "unknown"
 
     def track_routed(self, rid: RequestId, ctx: RequestContext) -> None:

@@ -59,8 +59,19 @@ class PriorityPool:
                 self.server.fail(rid, ErrorCode.SHUTTING_DOWN, f"{self.name} pool is closed", True)
                 return
             self.server.track_routed(rid, ctx)
-            heapq.heappush(self._heap, _Item(priority, next(self._seq), rid, op, ctx, params, work))
+            item = _Item(priority, next(self._seq), rid, op, ctx, params, work)
+            heapq.heappush(self._heap, item)
+            ctx.on_cancel = lambda it=item: self._cancel_queued(it)
             self._cv.notify()
+
+    def _cancel_queued(self, item: _Item) -> None:
+        with self._cv:
+            if item not in self._heap:
+                return  # running: it sees the cancellation at its next check
+            self._heap.remove(item)
+            heapq.heapify(self._heap)
+        self.server.untrack_routed(item.rid)
+        self.server.fail(item.rid, ErrorCode.CANCELLED, "cancelled by the host while queued")
 
     def queued(self) -> int:
         with self._cv:
