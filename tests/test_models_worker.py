@@ -70,6 +70,7 @@ def test_generation_is_deterministic_progress_is_reported_and_images_leave_by_sh
         assert other_seed["sha256"] != first["sha256"] and lora["sha256"] != first["sha256"]
         assert lora_off["sha256"] == first["sha256"]  # a LoRA at weight 0 is the base, bitwise
         assert c.request("inference.run", T2I)["sha256"] == first["sha256"]  # LoRA off again afterwards
+        assert c.request("model.verify", {"name": "tiny-sd-a"})["intact"]  # a LoRA on it is not corruption
         ledger = ShmLedger()
         control = ledger.publish(np.full((1, 64, 64, 3), 128, np.uint8))
         host.load("tiny-controlnet-a")

@@ -77,7 +77,9 @@ def fingerprint(obj: Any, skip: Callable[[str], bool] = lambda n: "lora_" in n) 
     for name, t in modelbuild.tensors_of(obj):
         if skip(name):
             continue
-        h.update(name.encode())
+        # peft wraps a layer it adapts: its weight becomes ``<layer>.base_layer.weight``, the
+        # same tensor; the fingerprint must not change because a LoRA was loaded onto the base.
+        h.update(name.replace(".base_layer", "").encode())
         h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
