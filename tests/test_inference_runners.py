@@ -24,7 +24,7 @@ from hybrid_assets.runners.inference_latency import (
     resolve_pipeline,
     ssim,
 )
-from hybrid_assets.runners.inference_throughput import window_counts
+from hybrid_assets.runners.inference_throughput import arrivals, window_counts
 from hybrid_assets.runners.inference_workflows import _coordination_devices, _idle_while_waiting, _mismatch
 from hybrid_assets.runners.model_support import ensure_models
 from workers.models.store import ModelStore
@@ -101,6 +101,12 @@ def test_image_to_image_request_steps_run_exactly_the_points_steps() -> None:
     assert request_steps_for(7, 1.0) == 7
 
 
+def test_ramp_arrivals_are_the_instants_within_the_step() -> None:
+    # 25/min over 6 s: one every 2.4 s, at 0, 2.4 and 4.8 s
+    assert [arrivals(r, 6.0) for r in (10, 25, 50, 100, 200, 500)] == [1, 3, 5, 10, 20, 50]
+    assert arrivals(1, 6.0) == 1  # a step always sends something
+
+
 def test_windows_count_full_windows_only() -> None:
     ends = [10.1, 10.9, 11.2, 12.5, 12.99, 13.0, 13.4, 9.9]
     assert window_counts(ends, 10.0, 1.0, 3) == [2, 1, 2]  # 13.0+ is the partial fourth window, 9.9 before
@@ -169,7 +175,8 @@ def test_sustained_throughput_is_bitwise_stable_under_load(worker_argv: list[str
     assert set(_values(rec, "inference_error")) == {0.0}
     assert _values(rec, "worker_crash_count") == [0.0]
     per_min = _values(rec, "throughput_per_device_per_min")
-    assert len(per_min) == 3 and sum(per_min) > 0
+    assert len(per_min) == 3  # full 1-s windows only; never more completions counted than answered
+    assert sum(per_min) / 60.0 <= len(_values(rec, "inference_latency_s"))
     assert "inferences_per_h" in rec.skips and not _values(rec, "inferences_per_h")  # a GPU line on a CPU
 
 
@@ -246,10 +253,15 @@ def test_mixed_types_and_ramp_judge_every_output(worker_argv: list[str], store: 
     assert {s.labels["type"] for s in rec.samples if s.metric == "throughput_per_min"} == {
         "text_to_image", "lora_inference", "all"}
     rec = _run("inference.throughput_ramp",
-               {"scaling_steps_per_min": [30, 1200], "step_duration_s": 2, "inference_type": "text_to_image",
+               {"scaling_steps_per_min": [30, 1200], "step_duration_s": 1, "inference_type": "text_to_image",
                 "model": "tiny", "resolution": 64, "steps": 8, "reference_inputs": 2}, worker_argv)
     achieved = [s for s in rec.samples if s.metric == "achieved_throughput_per_min"]
-    assert achieved[0].labels["sustained"] and achieved[0].value == pytest.approx(30.0)  # 1 request in 2 s
-    assert not achieved[-1].labels["sustained"]  # 40 requests 0.05 s apart, ~0.1 s each here
-    assert _values(rec, "max_sustainable_throughput_per_min") == [30.0]
+    flags = [s.labels["sustained"] for s in achieved]
+    # 20 requests 0.05 s apart at ~0.1 s each (more on a busy machine): never sustained, and the ramp stops there
+    assert flags[-1] is False and all(flags[:-1]) and len(flags) <= 2
+    if flags[0]:  # one request, its interval 2 s: 30 per minute if answered within it, less if later
+        assert 0.0 < achieved[0].value <= 30.0 + 1e-9
+        assert achieved[0].value == pytest.approx(60.0 / max(2.0, achieved[0].labels["span_s"]), rel=1e-2)
+    best = [s.value for s in achieved if s.labels["sustained"]]
+    assert _values(rec, "max_sustainable_throughput_per_min") == [best[-1] if best else 0.0]
     assert set(_values(rec, "quality_degradation_ratio")) == {0.0}
