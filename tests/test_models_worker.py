@@ -298,3 +298,23 @@ def test_loads_share_one_load_of_a_model_and_priority_orders_the_queue(worker_ar
         twice = [c.submit("model.load", {"name": "tiny-lora-a"}) for _ in range(2)]
         results = [p.result() for p in twice if p.wait(120)]
         assert sum(s["source"] != "resident" for r in results for s in r["steps"] if s["name"] == "tiny-lora-a") == 1
+
+
+def test_a_deadline_passing_while_queued_is_answered_then(worker_argv: list[str], root: Path) -> None:
+    with WorkerClient(worker_argv).start() as c:
+        host = ModelHost(c, ModelStore(root))
+        host.configure(cache_mib=256)
+        host.load("tiny-sd-a")
+        c.request("inference.run", T2I)  # warm
+        busy = c.submit("inference.run", {**T2I, "steps": 400})  # holds the only inference slot
+        t0 = time.monotonic()
+        waiting = c.submit("inference.run", T2I, deadline_ms=500)
+        assert waiting.wait(20)
+        waited = time.monotonic() - t0
+        with pytest.raises(WorkerError) as late:
+            waiting.result()
+        assert late.value.code == ErrorCode.DEADLINE_EXCEEDED and "while queued" in str(late.value)
+        assert waited < 5, f"answered {waited:.1f} s after a 0.5 s deadline"
+        assert not busy.done  # the running one was not disturbed
+        c.request("cancel", {"target": busy.id})
+        assert busy.wait(30)

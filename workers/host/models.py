@@ -18,6 +18,7 @@ import numpy as np
 
 from workers.host.client import WorkerClient
 from workers.host.modelcache import HostModelCache
+from workers.models.integrity import IntegrityError
 from workers.models.store import ModelStore
 from workers.protocol import images
 from workers.protocol.images import ImageRef
@@ -46,6 +47,7 @@ class ModelHost:
         self.client, self.store, self.cache = client, store, cache
         self._lock = threading.Lock()
         self.expected: dict[str, dict[str, str]] = {}  # name -> rel -> sha256 the host expects resident
+        self.cache_rebuilds = 0  # RAM cache entries refilled after the worker reported them corrupt
 
     def configure(self, *, cache_mib: float = 4096, device: str = "cpu", timeout: float = 120,
                   **extra: Any) -> dict[str, Any]:
@@ -65,12 +67,23 @@ class ModelHost:
         for model in self.store.load_order([name]):
             params: dict[str, Any] = {"name": model}
             if self.cache is not None and use_cache:
-                fill = self.cache.ensure(model)
+                try:
+                    fill = self.cache.ensure(model)
+                except IntegrityError:
+                    # The disk copy is corrupt: repair it (backup, else rebuild; verified), then cache.
+                    self.store.repair(model)
+                    fill = self.cache.ensure(model)
                 fill_s += fill.seconds
                 hit = hit and fill.hit
                 params["host_files"] = self.cache.files(model)
             result = self.client.request("model.load", params, timeout=timeout, priority=priority)
             self._note_loaded(result)
+            if self.cache is not None and any(s.get("host_copy_corrupt") for s in result.get("steps", [])):
+                # The worker found our RAM copy damaged (and loaded from disk): rebuild the entry
+                # from the verified disk files so the next load is served clean from the cache.
+                self.cache.evict(model)
+                self.cache.ensure(model)
+                self.cache_rebuilds += 1
         return LoadOutcome(name, time.perf_counter() - t0, fill_s, hit, result)
 
     def _note_loaded(self, result: Mapping[str, Any]) -> None:

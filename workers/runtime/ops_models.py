@@ -209,10 +209,18 @@ class ModelRuntime:
         if model.generator is None:
             raise ValueError(f"model {p.model!r} is a {model.kind}, not a pipeline that generates images")
         progress: Callable[[int, int], None] | None = (lambda s, t: ctx.progress(s, t)) if p.progress else None
+        remaining = ctx.remaining()
+        # Pipelines are not thread-safe (LoRA activation mutates the UNet): one request per model at
+        # a time; waiting for it counts against the deadline.
+        if not model.lock.acquire(timeout=-1 if remaining is None else max(0.0, remaining)):
+            ctx.check()  # raises DeadlineExceeded
+            raise OperationError(ErrorCode.DEADLINE_EXCEEDED, "deadline passed waiting for the model", True)
         try:
-            with model.lock:  # pipelines are not thread-safe (LoRA activation mutates the UNet)
+            try:
                 result = model.generator.run(req, controlnet=controlnet, lora=p.lora, progress=progress,
                                              check=ctx.check, nan_guard=p.nan_guard)
+            finally:
+                model.lock.release()
         except NanOutput as exc:
             raise OperationError(ErrorCode.NAN_OUTPUT, str(exc)) from exc
         except torch.OutOfMemoryError as exc:

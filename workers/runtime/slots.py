@@ -35,6 +35,7 @@ class _Item:
     params: Any = field(compare=False)
     work: Work = field(compare=False)
     enqueued: float = field(default_factory=time.monotonic, compare=False)
+    timer: threading.Timer | None = field(default=None, compare=False)
 
 
 class PriorityPool:
@@ -63,6 +64,22 @@ class PriorityPool:
             heapq.heappush(self._heap, item)
             ctx.on_cancel = lambda it=item: self._cancel_queued(it)
             self._cv.notify()
+        if deadline_ms is not None:
+            # A request whose deadline passes while it waits for a slot is answered then, not when
+            # a slot frees (which may be long after).
+            item.timer = threading.Timer(deadline_ms / 1e3, self._expire_queued, args=(item,))
+            item.timer.daemon = True
+            item.timer.start()
+
+    def _expire_queued(self, item: _Item) -> None:
+        with self._cv:
+            if item not in self._heap:
+                return
+            self._heap.remove(item)
+            heapq.heapify(self._heap)
+        self.server.untrack_routed(item.rid)
+        self.server.fail(item.rid, ErrorCode.DEADLINE_EXCEEDED,
+                         f"deadline of {item.ctx.budget_ms:g} ms passed while queued for a {self.name} slot", True)
 
     def _cancel_queued(self, item: _Item) -> None:
         with self._cv:
@@ -99,6 +116,8 @@ class PriorityPool:
                     return
                 item = heapq.heappop(self._heap)
                 self.running[item.rid] = item.op
+            if item.timer is not None:
+                item.timer.cancel()  # it runs now; the deadline is checked as it runs
             queue_s = time.monotonic() - item.enqueued
             try:
                 self.server.execute(item.rid, item.op, lambda ctx, p, it=item, q=queue_s: it.work(ctx, p, q),
