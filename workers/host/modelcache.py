@@ -72,11 +72,7 @@ class HostModelCache:
         with self._lock:
             entry = self._entries.get(name)
             if entry is not None:
-                self._entries.move_to_end(name)
-                entry.last_used = time.monotonic()
-                entry.hits += 1
-                self.hits += 1
-                return Fill(name, True, time.perf_counter() - t0, entry.bytes, ())
+                return self._hit(entry, t0)
         data = self.store.read_verified(name)  # raises IntegrityError naming the bad file
         size = sum(len(b) for b in data.values())
         if size > self.cap_bytes:
@@ -95,14 +91,20 @@ class HostModelCache:
             raced = self._entries.get(name)
             if raced is not None:  # another thread filled it meanwhile: keep theirs, drop ours
                 _release(segments)
-                raced.hits += 1
-                self.hits += 1
-                return Fill(name, True, time.perf_counter() - t0, raced.bytes, ())
+                return self._hit(raced, t0)
             evicted = self._make_room(size)
             self._entries[name] = CachedModel(name, segments, {r: len(b) for r, b in data.items()}, size,
                                               time.perf_counter() - t0)
             self.misses += 1
         return Fill(name, False, time.perf_counter() - t0, size, tuple(evicted))
+
+    def _hit(self, entry: CachedModel, t0: float) -> Fill:
+        """Count a hit and mark the entry most recently used (caller holds the lock)."""
+        self._entries.move_to_end(entry.name)
+        entry.last_used = time.monotonic()
+        entry.hits += 1
+        self.hits += 1
+        return Fill(entry.name, True, time.perf_counter() - t0, entry.bytes, ())
 
     def files(self, name: str) -> dict[str, dict[str, object]]:
         """``host_files`` for ``model.load``: rel -> {shm, bytes}."""
@@ -162,7 +164,7 @@ class HostModelCache:
 def _release(segments: dict[str, shared_memory.SharedMemory]) -> None:
     for seg in segments.values():
         seg.close()
-        try:
+        try:  # not seg.unlink(): it also unregisters from the resource tracker, done at creation already
             shared_memory._posixshmem.shm_unlink(seg._name)  # type: ignore[attr-defined]
         except FileNotFoundError:
             pass

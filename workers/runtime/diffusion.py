@@ -108,7 +108,8 @@ def _to_tensor(images: np.ndarray, batch: int) -> Any:
     return t.expand(batch, -1, -1, -1) if t.shape[0] == 1 and batch > 1 else t
 
 
-def _clear_device_caches() -> None:
+def clear_device_caches() -> None:
+    """Collect module and activation cycles, then hand cached device blocks back."""
     import torch
 
     gc.collect()
@@ -182,7 +183,7 @@ class Generator:
                 steps_done = max(steps_done, done)
             except torch.OutOfMemoryError:
                 oom_events += 1
-                _clear_device_caches()
+                clear_device_caches()
                 if len(chunk) > 1:  # halve the batch; per-image seeds keep every image the same
                     half = len(chunk) // 2
                     chunks[:0] = [chunk[:half], chunk[half:]]

@@ -152,14 +152,13 @@ class ModelRuntime:
             report.evicted, report.seconds, report.waited_s, queue_s, cache.used_bytes(), _rss())
 
     def unload(self, ctx: RequestContext, p: ModelNameParams) -> ModelUnloadResult:
-        import gc
+        from workers.runtime.diffusion import clear_device_caches
 
         cache = self.require()
         t0 = time.perf_counter()
         before = cache.used_bytes()
         gone = cache.unload(p.name)
-        gc.collect()  # modules hold reference cycles; memory returns only once they are collected
-        _empty_device_cache()
+        clear_device_caches()  # modules hold reference cycles: memory returns once they are collected
         return ModelUnloadResult(gone, before - cache.used_bytes(), cache.used_bytes(), _rss(),
                                  time.perf_counter() - t0)
 
@@ -188,7 +187,7 @@ class ModelRuntime:
     def _infer(self, ctx: RequestContext, p: InferenceParams, queue_s: float) -> InferenceResult:
         import torch
 
-        from workers.runtime.diffusion import GenerationRequest, NanOutput
+        from workers.runtime.diffusion import GenerationRequest, NanOutput, clear_device_caches
         from workers.runtime.modelcache import Corrupt
 
         cache = self.require()
@@ -228,7 +227,7 @@ class ModelRuntime:
                                  retryable=True) from exc
         finally:
             if ctx.cancelled or (ctx.deadline is not None and time.monotonic() > ctx.deadline):
-                _empty_device_cache()  # a stopped generation's activations go back now, not later
+                clear_device_caches()  # a stopped generation's activations go back now, not later
         from workers.protocol.images import image_digests
 
         digests = image_digests(result.images)
@@ -247,16 +246,6 @@ class ModelRuntime:
         model.generator.oom_above_batch = p.above_batch
         model.generator.oom_untiled = p.untiled
         return EmptyResult()
-
-
-def _empty_device_cache() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _device_exists(device: str) -> bool:
