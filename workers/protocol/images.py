@@ -12,9 +12,12 @@ import hashlib
 import secrets
 import threading
 from multiprocessing import resource_tracker, shared_memory
+from typing import TYPE_CHECKING
 
 import msgspec
-import numpy as np
+
+if TYPE_CHECKING:  # numpy is imported where pixels are handled: the protocol schema (ImageRef) is
+    import numpy as np  # loaded by every worker at start-up, and numpy costs ~90 ms there
 
 MAX_IMAGE_BYTES = 1 << 31  # 2 GiB: a 20,000 x 20,000 RGB batch is refused by name, not attempted
 
@@ -27,6 +30,8 @@ class ImageRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def _digests(array: np.ndarray) -> list[str]:
+    import numpy as np
+
     return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in array]
 
 
@@ -36,6 +41,8 @@ def image_digests(array: np.ndarray) -> list[str]:
 
 
 def _validate(array: np.ndarray) -> None:
+    import numpy as np
+
     if array.dtype != np.uint8:
         raise ValueError(f"image dtype must be uint8, got {array.dtype}")
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
@@ -52,6 +59,8 @@ class ShmLedger:
         self._names: set[str] = set()
 
     def publish(self, array: np.ndarray) -> ImageRef:
+        import numpy as np
+
         _validate(array)
         name = f"hv-{secrets.token_hex(8)}"
         seg = shared_memory.SharedMemory(name=name, create=True, size=array.nbytes)
@@ -95,6 +104,8 @@ def _unlink(name: str) -> bool:
 
 def read(ref: ImageRef, *, verify: bool = True, unlink: bool = False) -> np.ndarray:
     """Copy an image out of its segment; ``verify`` checks the per-image digests."""
+    import numpy as np
+
     if ref.dtype != "uint8":
         raise ValueError(f"image {ref.shm}: dtype {ref.dtype!r} is not supported (uint8 only)")
     shape = tuple(ref.shape)
