@@ -9,7 +9,13 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster
 # Nothing is fetched from a model hub at run time, ever.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models dev summary report clean
+# Debian libraries the Real-ESRGAN wheel needs even on the CPU (root; Debian's registry). Without
+# them the worker's upscaler reports the model backend unavailable and the classical one serves.
+system-deps:
+	@if ldconfig -p | grep -q 'libvulkan.so.1' && ldconfig -p | grep -q 'libomp.so.5'; then echo 'system-deps: present'; \
+	else apt-get install -y -q libvulkan1 libomp5 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libvulkan1 libomp5 >/dev/null); fi
+
+.PHONY: system-deps setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -11,8 +11,10 @@ class WorkerError(Exception):
     """A request failed: the worker answered with an error, or the host gave up on it."""
 
     def __init__(self, code: str, message: str, retryable: bool = False,
-                 request_id: Union[RequestId, None] = None, op: str = "") -> None:
+                 request_id: Union[RequestId, None] = None, op: str = "",
+                 retry_after_s: Union[float, None] = None) -> None:
         self.code = code
+        self.retry_after_s = retry_after_s  # QUEUE_FULL: when to try again
         self.message = message
         self.retryable = retryable
         self.request_id = request_id
@@ -22,7 +24,7 @@ class WorkerError(Exception):
 
     @classmethod
     def from_info(cls, info: ErrorInfo, request_id: RequestId, op: str) -> WorkerError:
-        return cls(info.code, info.message, info.retryable, request_id, op)
+        return cls(info.code, info.message, info.retryable, request_id, op, info.retry_after_s)
 
 
 class WorkerLost(WorkerError):

@@ -47,6 +47,13 @@ class ErrorCode:
     CACHE_FULL = "CACHE_FULL"  # the model does not fit the device cache even after eviction
     OUT_OF_MEMORY = "OUT_OF_MEMORY"  # the device ran out of memory and every fallback did too
     NAN_OUTPUT = "NAN_OUTPUT"  # the generation produced NaN (a garbage image is never returned)
+    QUEUE_FULL = "QUEUE_FULL"  # admission control refused the job: retry after ``retry_after_s``
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"  # no session with that id (never created, closed, or lost)
+    SESSION_CORRUPT = "SESSION_CORRUPT"  # the session's state failed validation; nothing ran on it
+    IMAGE_INVALID = "IMAGE_INVALID"  # the image cannot be decoded (corrupt, truncated, zero-sized)
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # over the worker's pixel limit; refused before decoding
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"  # an image format the worker does not read or write
+    POLICY_INVALID = "POLICY_INVALID"  # a safety policy document with an unknown rule or a bad value
     # Raised by the host side, never sent by a worker:
     WORKER_LOST = "WORKER_LOST"  # the worker died or hung with the request in flight
     TIMEOUT = "TIMEOUT"  # no response within the host's timeout
@@ -58,6 +65,8 @@ class ErrorCode:
         PARSE_ERROR, FRAME_TOO_LARGE, INVALID_MESSAGE, UNKNOWN_OPERATION, INVALID_PARAMS,
         DUPLICATE_ID, DEADLINE_EXCEEDED, CANCELLED, SHUTTING_DOWN, INTERNAL_ERROR, DEVICE_LOST, DEVICE_UNAVAILABLE,
         MODEL_NOT_LOADED, MODEL_CORRUPT, CACHE_FULL, OUT_OF_MEMORY, NAN_OUTPUT,
+        QUEUE_FULL, SESSION_NOT_FOUND, SESSION_CORRUPT, IMAGE_INVALID, IMAGE_TOO_LARGE, UNSUPPORTED_FORMAT,
+        POLICY_INVALID,
         WORKER_LOST, TIMEOUT, WORKER_START_FAILED, PROTOCOL_MISMATCH, NO_WORKER_AVAILABLE,
     )
 
@@ -68,6 +77,8 @@ class ErrorInfo(msgspec.Struct, forbid_unknown_fields=False):
     code: str
     message: str
     retryable: bool = False
+    # QUEUE_FULL (and any refusal that knows when capacity returns): seconds to wait before retrying.
+    retry_after_s: Union[float, None] = None
 
 
 class OperationInfo(msgspec.Struct):

@@ -163,10 +163,20 @@ CORE_OPERATIONS: tuple[OperationSpec, ...] = (
 
 def _all_operations() -> tuple[OperationSpec, ...]:
     # Domain modules add their operations here; names must stay unique across them.
-    from workers.protocol import ops_devices, ops_link, ops_memory_stress, ops_models, ops_pressure
+    from workers.protocol import (
+        ops_devices,
+        ops_link,
+        ops_memory_stress,
+        ops_models,
+        ops_postprocess,
+        ops_pressure,
+        ops_queue,
+        ops_safety,
+        ops_sessions,
+    )
 
     ops = (CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS + ops_link.SPECS
-           + ops_models.SPECS)
+           + ops_models.SPECS + ops_sessions.SPECS + ops_queue.SPECS + ops_postprocess.SPECS + ops_safety.SPECS)
     names = [o.name for o in ops]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -24,9 +24,11 @@ class DeadlineExceeded(Exception):
 class OperationError(Exception):
     """A failure the host should see with its own error code (e.g. DEVICE_LOST), not INTERNAL_ERROR."""
 
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+    def __init__(self, code: str, message: str, retryable: bool = False,
+                 retry_after_s: Union[float, None] = None) -> None:
         super().__init__(message)
         self.code, self.message, self.retryable = code, message, retryable
+        self.retry_after_s = retry_after_s
 
 
 class RequestContext:

@@ -44,10 +44,26 @@ from workers.protocol.messages import (
 )
 from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
 from workers.protocol.opspec import OperationSpec
-from workers.runtime import handlers, ops_devices, ops_link, ops_memory_stress, ops_models, ops_pressure
+from workers.runtime import (
+    handlers,
+    ops_devices,
+    ops_link,
+    ops_memory_stress,
+    ops_models,
+    ops_postprocess,
+    ops_pressure,
+    ops_queue,
+    ops_safety,
+    ops_sessions,
+)
 from workers.runtime.context import Cancelled, DeadlineExceeded, OperationError, RequestContext
 
 log = logging.getLogger("workers.server")
+
+# Domain modules: each defines work_handlers(server) and may define control_handlers(server) (served
+# on the reader thread) and routed_handlers(server) (work on the domain's own executor).
+_DOMAIN_MODULES = (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link, ops_models,
+                   ops_sessions, ops_queue, ops_postprocess, ops_safety)
 
 
 @dataclass
@@ -81,14 +97,14 @@ class WorkerServer:
             s.name: s for s in OPERATIONS if config.allow_fault_injection or not s.fault
         }
         self._work: dict[str, Callable[[RequestContext, Any], Any]] = {}
-        for module in (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link, ops_models):
-            self._work.update(module.work_handlers(self))
-        self._control_handlers: dict[str, Callable[[Any], Any]] = {
-            **ops_devices.control_handlers(self), **ops_models.control_handlers(self)}
+        self._control_handlers: dict[str, Callable[[Any], Any]] = {}
         # Work that runs on a domain's own executor (a device's), not the shared queue; the
         # router answers it itself, through ``execute``.
-        self._routed: dict[str, Callable[[Request, Any], None]] = {
-            **ops_devices.routed_handlers(self), **ops_models.routed_handlers(self)}
+        self._routed: dict[str, Callable[[Request, Any], None]] = {}
+        for module in _DOMAIN_MODULES:
+            self._work.update(module.work_handlers(self))
+            self._control_handlers.update(getattr(module, "control_handlers", lambda _s: {})(self))
+            self._routed.update(getattr(module, "routed_handlers", lambda _s: {})(self))
         self._routed_ctx: dict[RequestId, RequestContext] = {}  # routed work in flight, for cancel
         self._queue: list[_Queued] = []
         self._queued_ids: dict[RequestId, _Queued] = {}
@@ -111,8 +127,10 @@ class WorkerServer:
             # The host is gone; nothing to tell it. The reader sees EOF and we exit.
             self._stopping = True
 
-    def _error(self, rid: Union[RequestId, None], code: str, message: str, retryable: bool = False) -> None:
-        self.send(Response(id=rid, ok=False, error=ErrorInfo(code=code, message=message, retryable=retryable)))
+    def _error(self, rid: Union[RequestId, None], code: str, message: str, retryable: bool = False,
+               retry_after_s: Union[float, None] = None) -> None:
+        self.send(Response(id=rid, ok=False, error=ErrorInfo(code=code, message=message, retryable=retryable,
+                                                             retry_after_s=retry_after_s)))
 
     def progress(self, rid: RequestId, step: int, total: int, message: str = "") -> None:
         data: dict[str, Any] = {"step": step, "total": total}
@@ -319,7 +337,7 @@ class WorkerServer:
         except DeadlineExceeded as exc:
             self._error(rid, ErrorCode.DEADLINE_EXCEEDED, str(exc), retryable=True)
         except OperationError as exc:
-            self._error(rid, exc.code, exc.message, retryable=exc.retryable)
+            self._error(rid, exc.code, exc.message, retryable=exc.retryable, retry_after_s=exc.retry_after_s)
         except (ValueError, KeyError) as exc:  # the request named something wrong: say what
             self._error(rid, ErrorCode.INVALID_PARAMS, f"{op}: {exc.args[0] if exc.args else exc}")
         except Exception as exc:  # a failing handler must not take the worker down
@@ -328,8 +346,9 @@ class WorkerServer:
         else:
             self.send(Response(id=rid, ok=True, result=codec.to_builtins(result)))
 
-    def fail(self, rid: RequestId, code: str, message: str, retryable: bool = False) -> None:
-        self._error(rid, code, message, retryable)
+    def fail(self, rid: RequestId, code: str, message: str, retryable: bool = False,
+             retry_after_s: Union[float, None] = None) -> None:
+        self._error(rid, code, message, retryable, retry_after_s)
 
     def _begin_stop(self, drain: bool) -> None:
         with self._cv:

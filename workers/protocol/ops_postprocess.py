@@ -1,0 +1,7 @@
+"""Postprocessing: upscaling, enhancement, format conversion (issue 6)."""
+
+from __future__ import annotations
+
+from workers.protocol.opspec import OperationSpec
+
+SPECS: tuple[OperationSpec, ...] = ()
