@@ -134,3 +134,13 @@ def read(ref: ImageRef, *, verify: bool = True, unlink: bool = False) -> np.ndar
 def take(ref: ImageRef, *, verify: bool = True) -> np.ndarray:
     """Read and unlink: the consumer owns the handoff."""
     return read(ref, verify=verify, unlink=True)
+
+
+class ImageInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One image handed to a postprocessing or safety operation: exactly one of ``ref`` (pixels in
+    shared memory, e.g. an inference output, read in place: no copy through the host) or ``encoded_b64``
+    (a PNG, JPEG or WebP file inline, base64; what a user uploads, possibly corrupt)."""
+
+    ref: ImageRef | None = None
+    index: int = 0  # which image of ``ref``'s batch
+    encoded_b64: str | None = None
