@@ -497,6 +497,24 @@ class WorkerClient:
             raise WorkerLost(f"{self.name} is not running")
         self._writer.write_raw(data)
 
+    def break_pipe(self) -> None:
+        """Sever both pipes at the host's end at once, as a broken stdin/stdout link would: the host
+        loses the link now (in-flight requests fail WORKER_LOST), the worker sees EOF and EPIPE."""
+        if self._proc is None:
+            raise WorkerLost(f"{self.name} is not running")
+        self._kill_reason = "the stdin/stdout pipe broke"
+        with self._read_lock:
+            self._eof = True  # before the close: nobody may select on a number the kernel reuses
+            if self._proc.stdout is not None and not self._proc.stdout.closed:
+                self._proc.stdout.close()
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
+        # Report the loss now, whoever holds the read role (it waits for the exit status).
+        threading.Thread(target=self._finish_eof, name=f"{self.name}-broken", daemon=True).start()
+
     # ---- shutdown ------------------------------------------------------------------------
     def kill(self, reason: str = "") -> None:
         """SIGKILL, at once (a hung worker); in-flight requests fail as the pipe closes,

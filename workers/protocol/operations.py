@@ -46,7 +46,10 @@ class SleepResult(msgspec.Struct):
 
 class CrashParams(msgspec.Struct, forbid_unknown_fields=True):
     exit_code: int = 70
-    mode: str = "exit"  # "exit": os._exit; "abort": SIGABRT (a native crash)
+    # "exit": os._exit(exit_code); "abort": SIGABRT (a native crash); "sigsegv": a real NULL read
+    # (memory access violation); "sigkill": SIGKILL to itself (as the OOM killer does); "exception":
+    # an unhandled exception escapes the worker (traceback on stderr, exit status 1)
+    mode: str = "exit"
 
 
 class FreezeParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -165,6 +168,7 @@ def _all_operations() -> tuple[OperationSpec, ...]:
     # Domain modules add their operations here; names must stay unique across them.
     from workers.protocol import (
         ops_devices,
+        ops_faults,
         ops_link,
         ops_memory_stress,
         ops_models,
@@ -176,7 +180,8 @@ def _all_operations() -> tuple[OperationSpec, ...]:
     )
 
     ops = (CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS + ops_link.SPECS
-           + ops_models.SPECS + ops_sessions.SPECS + ops_queue.SPECS + ops_postprocess.SPECS + ops_safety.SPECS)
+           + ops_models.SPECS + ops_sessions.SPECS + ops_queue.SPECS + ops_postprocess.SPECS + ops_safety.SPECS
+           + ops_faults.SPECS)
     names = [o.name for o in ops]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -47,6 +47,7 @@ from workers.protocol.opspec import OperationSpec
 from workers.runtime import (
     handlers,
     ops_devices,
+    ops_faults,
     ops_link,
     ops_memory_stress,
     ops_models,
@@ -63,7 +64,7 @@ log = logging.getLogger("workers.server")
 # Domain modules: each defines work_handlers(server) and may define control_handlers(server) (served
 # on the reader thread) and routed_handlers(server) (work on the domain's own executor).
 _DOMAIN_MODULES = (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link, ops_models,
-                   ops_sessions, ops_queue, ops_postprocess, ops_safety)
+                   ops_sessions, ops_queue, ops_postprocess, ops_safety, ops_faults)
 
 
 @dataclass
@@ -126,6 +127,10 @@ class WorkerServer:
         except (BrokenPipeError, ValueError, OSError):
             # The host is gone; nothing to tell it. The reader sees EOF and we exit.
             self._stopping = True
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes onto the protocol stream unframed (fault injection only: fault.corrupt_output)."""
+        self._writer.write_raw(data)
 
     def _error(self, rid: Union[RequestId, None], code: str, message: str, retryable: bool = False,
                retry_after_s: Union[float, None] = None) -> None:
