@@ -274,3 +274,18 @@ def routed_handlers(server: WorkerServer) -> dict[str, Callable[[Request, Any], 
 
 def control_handlers(server: WorkerServer) -> dict[str, Callable[[Any], Any]]:
     return {"model.list": runtime(server).list}
+
+
+def direct_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, Any], Any]]:
+    """In-process inference.run and model.load for jobs of the job queue (workflows, batches): the
+    same work as the routed operations, on the calling job's thread (the job queue's concurrency,
+    not the inference slots, bounds it; the model's lock still serialises one pipeline)."""
+    rt = runtime(server)
+
+    def infer(ctx: RequestContext, p: InferenceParams) -> InferenceResult:
+        return rt._infer(ctx, p, 0.0)
+
+    def load(ctx: RequestContext, p: ModelLoadParams) -> ModelLoadResult:
+        return rt._load(ctx, p, 0.0)
+
+    return {"inference.run": infer, "model.load": load}
