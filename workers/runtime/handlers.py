@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -85,9 +86,7 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         return SleepResult(slept_s=time.monotonic() - t0)
 
     def crash(ctx: RequestContext, p: CrashParams) -> Empty:
-        if p.mode == "abort":
-            os.kill(os.getpid(), signal.SIGABRT)
-        os._exit(p.exit_code)
+        die(p.mode, p.exit_code)
 
     def freeze(ctx: RequestContext, p: FreezeParams) -> Empty:
         # Holding the freeze lock stops heartbeats and the reader; the executor sleeps.
@@ -189,6 +188,34 @@ def work_handlers(server: WorkerServer) -> dict[str, Callable[[RequestContext, A
         "fault.freeze": freeze,
         "fault.stdout_noise": stdout_noise,
     }
+
+
+CRASH_MODES = ("exit", "abort", "sigsegv", "sigkill", "exception")
+
+
+def die(mode: str, exit_code: int = 70) -> NoReturn:
+    """End this worker process at once, the way ``mode`` says (fault injection)."""
+    if mode not in CRASH_MODES:
+        raise ValueError(f"unknown crash mode {mode!r}; known: {', '.join(CRASH_MODES)}")
+    if mode == "abort":
+        os.kill(os.getpid(), signal.SIGABRT)
+    elif mode == "sigsegv":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: the kernel answers with SIGSEGV
+        os.kill(os.getpid(), signal.SIGSEGV)  # only if the read somehow survived
+    elif mode == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif mode == "exception":
+        # What an exception escaping the main loop does: traceback on stderr, exit status 1. (Raised
+        # on the executor thread it would only end that thread; the process must go.)
+        try:
+            raise RuntimeError("injected unhandled exception")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(exit_code)
 
 
 def _resolve_device(server: WorkerServer, device: str, budget: int) -> str:
