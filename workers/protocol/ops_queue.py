@@ -32,7 +32,7 @@ class QueueConfigureParams(msgspec.Struct, forbid_unknown_fields=True):
     scale_up_depth: Union[int, None] = None  # the backlog that raises it (default capacity // 4)
     scale_down_idle_s: float = 2.0  # an added thread retires after this long without work
     max_batches: int = 16  # batches admitted at once
-    batch_window: int = 2  # items of one batch queued at once (capacity it reserves)
+    batch_window: Union[int, None] = None  # items of one batch queued at once (capacity it reserves); min(2, capacity)
 
 
 class QueueStatsParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,11 +154,11 @@ class BatchParams(msgspec.Struct, forbid_unknown_fields=True):
     images: ImagesOut = "digest"  # items' images: digests only (segments released), or kept for the host
     window: Union[int, None] = None  # items queued at once (default: the queue's batch_window)
     include_results: bool = False  # each item's full result in the answer
-    first_index: int = 0  # index of items[0] in the host's whole batch (a resumed batch)
+    indices: Union[list[int], None] = None  # each item's index in the whole batch (resumed: a subset); default 0..N-1
 
 
 class BatchItemResult(msgspec.Struct):
-    index: int  # in the host's whole batch (first_index + position)
+    index: int  # in the host's whole batch (``indices``, else the position)
     key: str
     op: str  # the operation, or "workflow"
     status: str  # ok | error | cancelled | not_run

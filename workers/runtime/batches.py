@@ -73,12 +73,15 @@ def prepare(table: OpTable, p: BatchParams) -> list[Item]:
     is named (by its index) before anything is admitted."""
     if not 1 <= len(p.items) <= MAX_BATCH_ITEMS:
         raise ValueError(f"a batch needs 1..{MAX_BATCH_ITEMS} items, got {len(p.items)}")
-    if p.first_index < 0:
-        raise ValueError(f"first_index must be >= 0, got {p.first_index}")
+    indices = p.indices if p.indices is not None else list(range(len(p.items)))
+    if len(indices) != len(p.items):
+        raise ValueError(f"indices has {len(indices)} entries for {len(p.items)} items")
+    if len(set(indices)) != len(indices) or min(indices) < 0:
+        raise ValueError("indices must be distinct and >= 0")
     checked: set[str] = set()
     items = []
     for i, raw in enumerate(p.items):
-        index = p.first_index + i
+        index = indices[i]
         where = f"batch item {index}"
         if (raw.op is None) == (raw.steps is None):
             raise ValueError(f"{where}: give either op or steps, not {'both' if raw.op else 'neither'}")

@@ -96,7 +96,7 @@ def validate_config(p: QueueConfigureParams) -> None:
         raise ValueError(f"scale_down_idle_s must be > 0, got {p.scale_down_idle_s}")
     if not 1 <= p.max_batches <= 1000:
         raise ValueError(f"max_batches must be 1..1000, got {p.max_batches}")
-    if not 1 <= p.batch_window <= p.capacity:
+    if p.batch_window is not None and not 1 <= p.batch_window <= p.capacity:
         raise ValueError(f"batch_window must be 1..capacity ({p.capacity}), got {p.batch_window}")
 
 
@@ -140,7 +140,7 @@ class JobQueue:
         self.scale_up_depth = c.scale_up_depth if c.scale_up_depth is not None else max(1, c.capacity // 4)
         self.scale_down_idle_s = c.scale_down_idle_s
         self.max_batches = c.max_batches
-        self.batch_window = c.batch_window
+        self.batch_window = c.batch_window if c.batch_window is not None else min(2, c.capacity)
 
     def reconfigure(self, c: QueueConfigureParams) -> QueueStats:
         validate_config(c)

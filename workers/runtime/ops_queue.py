@@ -104,7 +104,9 @@ class QueueRuntime:
 
         def finish(job: Job, result: Any, error: Union[BaseException, None]) -> None:
             self.server.untrack_routed(req.id)
-            self.server.execute(req.id, op, replay(result, error), ctx, None)
+            # The outcome is reached: answer exactly it (a fresh context, so execute's own checks of a
+            # cancel or deadline that came after the result cannot replace it).
+            self.server.execute(req.id, op, replay(result, error), RequestContext(self.server, req.id, None), None)
 
         job = Job(str(req.id), op, req.priority, ctx, work, finish, counted=True)
         ctx.on_cancel = lambda: queue.take_queued(job, "cancelled", OperationError(
