@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
+import threading
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -129,3 +134,99 @@ def load_input(inp: ImageInput, *, what: str = "image") -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: encoded_b64 is not valid base64: {exc}") from None
     return decode(data, what=what)
+
+
+# ---- reading an input in place -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSource:
+    source: str  # shm | inline
+    shm: str  # the segment read ("" inline)
+    in_place: bool  # the pixels are a view of the producer's segment: no copy was made to read them
+    sha256: str  # of the (h, w, c) pixels as read
+
+
+@dataclass
+class OpenedInput:
+    """Pass ``pixels`` on without binding it to a name that outlives the ``with``: it is cleared on exit,
+    so the mapping it views can close."""
+
+    pixels: Any
+    source: InputSource
+
+
+_LINGERING: list[Any] = []  # segments whose close waits for the last view of them to go
+_LINGER_LOCK = threading.Lock()
+
+
+def _close(seg: Any) -> None:
+    """Close a segment; while views of it are still alive (a traceback holding a frame, say), keep it
+    and close it on a later call: closing the mapping under a live view would be a crash."""
+    with _LINGER_LOCK:
+        pending, _LINGERING[:] = [*_LINGERING, seg], []
+        for s in pending:
+            try:
+                s.close()
+            except BufferError:
+                _LINGERING.append(s)
+
+
+def lingering() -> int:
+    """Segments still mapped because a view of them was alive at close (should drop back to 0)."""
+    with _LINGER_LOCK:
+        return len(_LINGERING)
+
+
+@contextmanager
+def open_input(inp: ImageInput, *, what: str = "image", take: bool = False) -> Iterator[OpenedInput]:
+    """The pixels of an ImageInput and where they came from. A shared-memory ref is mapped and read in
+    place (a read-only view of the producer's segment, its digest verified), valid inside the ``with``
+    only: copy what must outlive it. ``take`` unlinks the segment afterwards (the consumer owns it)."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    if inp.ref is None or inp.encoded_b64 is not None:
+        pixels = load_input(inp, what=what)
+        yield OpenedInput(pixels, InputSource("inline", "", False, hashlib.sha256(pixels.tobytes()).hexdigest()))
+        return
+    ref = inp.ref
+    shape = tuple(ref.shape)
+    if ref.dtype != "uint8":
+        raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: dtype {ref.dtype!r} is not supported (uint8 only)")
+    if len(shape) != 4 or any(d <= 0 for d in shape) or shape[3] not in (1, 3, 4):
+        raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: shape {list(shape)} is not (batch, height, width, 1|3|4)")
+    if not 0 <= inp.index < shape[0]:
+        raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: index {inp.index} outside the batch of {shape[0]}")
+    if shape[1] * shape[2] > MAX_PIXELS:
+        raise ImageError(ErrorCode.IMAGE_TOO_LARGE,
+                         f"{what}: {shape[2]}x{shape[1]} is over the {MAX_PIXELS}-pixel limit")
+    try:
+        seg = shared_memory.SharedMemory(name=ref.shm)
+    except FileNotFoundError:
+        raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: no shared-memory segment {ref.shm!r} (already taken "
+                                                  f"or never made)") from None
+    resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    opened = OpenedInput(None, InputSource("shm", ref.shm, True, ""))
+    try:
+        need = int(np.prod(shape))
+        if seg.size < need:
+            raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: segment {ref.shm} holds {seg.size} bytes, shape "
+                                                      f"{list(shape)} needs {need}")
+        view = np.ndarray(shape, np.uint8, buffer=seg.buf)[inp.index]
+        view.flags.writeable = False  # the producer's bytes: never written by a consumer
+        digest = hashlib.sha256(view).hexdigest()
+        if ref.sha256 and (len(ref.sha256) <= inp.index or ref.sha256[inp.index] != digest):
+            raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: segment {ref.shm} image {inp.index} does not match "
+                                                      "its sha256 (changed in transit)")
+        opened.pixels = check_array(view, what=what)
+        opened.source = InputSource("shm", ref.shm, True, digest)
+        view = None
+        yield opened
+    finally:
+        opened.pixels = view = None  # drop the views before closing the mapping they point into
+        _close(seg)
+        if take:
+            try:
+                shared_memory.SharedMemory(name=ref.shm).unlink()
+            except FileNotFoundError:
+                pass  # taken by someone else meanwhile: the goal holds
