@@ -53,7 +53,7 @@ def _adjust(op: str, params: dict[str, Any], index: int, p: BatchParams, last: b
     spec = OPERATIONS_BY_NAME.get(op)
     if spec is None:
         return params
-    fields = {f.name for f in msgspec.structs.fields(spec.params)}
+    fields = workflows.param_types(spec.params)
     out = dict(params)
     if p.seed_base is not None and "seed" in fields and "seed" not in out:
         out["seed"] = p.seed_base + index
