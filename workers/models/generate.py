@@ -19,6 +19,9 @@ from typing import Any
 from workers.models import manifest as mf
 from workers.models.integrity import sha256_file
 from workers.models.recipes import RECIPES
+from workers.models.safety_recipe import SAFETY_SOURCE, build_safety_classifier
+
+RECIPES.setdefault("safety_classifier", build_safety_classifier)  # the stand-in safety classifier (issue 6)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ _SMOKE = [
     ModelSpec("tiny-controlnet-a", "controlnet", {"seed": 11, "base": BASE}, (BASE,)),
     ModelSpec("tiny-lora-a", "lora", {"seed": 12, "base": BASE, "rank": 4}, (BASE,)),
     synthetic(16), synthetic(64),
+    ModelSpec("safety-patterns", "safety_classifier", SAFETY_SOURCE),
 ]
 _STANDARD = [*_SMOKE, tiny_sd("tiny-sd-d", 4), tiny_sd("tiny-sd-e", 5, (64, 128)), synthetic(256), synthetic(1024)]
 PROFILES: dict[str, list[ModelSpec]] = {

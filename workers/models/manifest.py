@@ -20,7 +20,7 @@ import msgspec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
-KINDS = frozenset({"sd_pipeline", "controlnet", "lora", "synthetic"})
+KINDS = frozenset({"sd_pipeline", "controlnet", "lora", "synthetic", "safety_classifier"})
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 
