@@ -87,7 +87,8 @@ class SessionHost:
         self.journal = SessionJournal()
         self.recoveries: list[Recovery] = []
         self.repairs: list[tuple[str, str]] = []  # (session, why) restored from the journal after corruption
-        self.corrupt_events: list[dict[str, Any]] = []
+        self.corrupt_events: list[dict[str, Any]] = []  # the workers' "corrupt" status events (+ "slot")
+        self.fault_events: list[dict[str, Any]] = []  # "fault" status events: when an armed fault fired
         self.max_resubmits = max_resubmits
         self._prepare = prepare
         self._slots = [_Slot(i) for i in range(cfg.size)]
@@ -147,7 +148,7 @@ class SessionHost:
                 self._cv.notify_all()
 
     def _bring_up(self, slot: _Slot, client: WorkerClient) -> None:
-        client.on_status(self._on_status)
+        client.on_status(lambda ev, index=slot.index: self._on_status(ev, index))
         recovery = slot.recovery
         try:
             if self._prepare is not None:
@@ -174,15 +175,17 @@ class SessionHost:
                     recovery.restored_at = time.monotonic()
                 self._cv.notify_all()
 
-    def _on_status(self, ev: Event) -> None:
+    def _on_status(self, ev: Event, slot: int) -> None:
         data = ev.data
         if data.get("domain") != "session":
             return
         kind = data.get("kind")
         if kind == "state":
             self.journal.apply(data)
+        elif kind == "fault":
+            self.fault_events.append({**data, "slot": slot})
         elif kind == "corrupt":
-            self.corrupt_events.append(dict(data))
+            self.corrupt_events.append({**data, "slot": slot})
             sid = str(data.get("session"))
             entry = self.journal.get(sid)
             behind = entry is not None and (not data.get("rolled_back") or data.get("version") != entry.version)

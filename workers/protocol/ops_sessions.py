@@ -27,7 +27,9 @@ import msgspec
 from workers.protocol.opspec import OperationSpec
 
 CrashPhase = Literal["initialization", "processing", "cleanup"]
-CrashMode = Literal["sigsegv", "sigkill", "exception", "exit", "abort"]
+# sigsegv, sigkill, exception, exit, abort: the worker dies (handlers.die); raise: the step fails with an
+# exception the worker survives (answered INTERNAL_ERROR naming the step): an error, not a crash.
+CrashMode = Literal["sigsegv", "sigkill", "exception", "exit", "abort", "raise"]
 CorruptionKind = Literal["partial_loss", "inconsistent", "complete"]
 CorruptionCause = Literal["concurrent_access", "serialization_error", "storage_failure"]
 
@@ -224,6 +226,7 @@ class SessionCrashParams(msgspec.Struct, forbid_unknown_fields=True):
     phase: CrashPhase
     mode: CrashMode = "sigkill"
     after_items: int = 1  # processing, session.work: crash after this many items were reported
+    session: Union[str, None] = None  # only an operation on this session fires it (None: the next one)
     exit_code: int = 70  # mode "exit"
 
 
@@ -261,5 +264,6 @@ SPECS: tuple[OperationSpec, ...] = (
                               "through a racing writer, a damaged serialization or a failing state store."),
     OperationSpec("fault.session_crash", SessionCrashParams, SessionCrashResult, idempotent=False, fault=True,
                   description="Arm a one-shot worker crash (SIGSEGV, SIGKILL, unhandled exception, exit, "
-                              "abort) in the next session initialization, processing or cleanup."),
+                              "abort) or a failing step (raise) in the next session initialization, processing "
+                              "or cleanup; a status event (kind fault) marks the moment it fires."),
 )

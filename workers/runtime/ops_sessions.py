@@ -57,7 +57,7 @@ class SessionRuntime:
     def __init__(self, server: WorkerServer) -> None:
         self.server = server
         self.store = SessionStore(self._emit, server.config.worker_id)
-        self.crash = session_faults.CrashArm()
+        self.crash = session_faults.CrashArm(self._emit)
         server.stop_hooks.append(lambda _drain: self.store.stop())
 
     def _emit(self, data: dict[str, Any]) -> None:
@@ -113,7 +113,7 @@ class SessionRuntime:
             self._pin(s)
             s.reserve(p.workspace_bytes, p.scratch_files, self.store.tmp_root())
             s.commit(dict(p.state))
-            self.crash.fire("initialization")
+            self.crash.fire("initialization", f"session.create of {s.id}", s.id)
         except BaseException:
             s.release()
             raise
@@ -136,7 +136,7 @@ class SessionRuntime:
             self._pin(s)
             s.reserve(p.workspace_bytes, p.scratch_files, self.store.tmp_root())
             s.install(dict(p.state), p.version, list(p.applied))
-            self.crash.fire("initialization")
+            self.crash.fire("initialization", f"session.restore of {s.id}", s.id)
         except BaseException:
             s.release()
             raise
@@ -160,7 +160,7 @@ class SessionRuntime:
             held = s.resources()
             version = s.version
             s.workspace = None  # the first resources go back ...
-            self.crash.fire("cleanup")  # ... and a crash here is one during cleanup
+            self.crash.fire("cleanup", f"session.close of {s.id}", s.id)  # ... so a crash here is mid-cleanup
             s.release()
             self.store.remove(s)
         finally:
@@ -190,8 +190,8 @@ class SessionRuntime:
                                        else amount)
             new = {k: v for k, v in s.state.items() if k not in p.delete}
             new.update(changed)
+            self.crash.fire("processing", f"session.update of {s.id}", s.id)  # mid-update, before the commit
             s.commit(new, p.op_id)
-            self.crash.fire("processing")  # committed in memory, not yet announced or answered
             self._announce(s, "session.update", changed, list(p.delete), p.op_id)
             return SessionUpdateResult(s.id, s.version, s.checksum, changed, list(p.delete), False)
         finally:
@@ -214,7 +214,8 @@ class SessionRuntime:
             if p.item_ms:
                 ctx.wait(p.item_ms / 1e3)  # the work itself; cancellable, bounded by the deadline
             ctx.check()
-            self.crash.fire("processing", progressed=i - start)
+            self.crash.fire("processing", f"session.work of {p.id}, job {p.job!r}, item {i}", p.id,
+                            progressed=i - start)
             out = job_output(p.job, i, p.seed)
             s = self._open(p.id)
             try:
@@ -266,8 +267,8 @@ class SessionRuntime:
         try:
             s.model_objs.add(instance)
             images = [*(s.state.get("images") or []), digest]
+            self.crash.fire("processing", f"session.generate of {s.id}", s.id)  # generated, not yet committed
             s.commit({**s.state, "images": images}, p.op_id)
-            self.crash.fire("processing")
             self._announce(s, "session.generate", {"images": images}, [], p.op_id)
             return SessionGenerateResult(s.id, model, digest, result.seconds, queue_s, instance, s.version,
                                          s.checksum, False)

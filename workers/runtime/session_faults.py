@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Union
 
 from workers.protocol.ops_sessions import JOB_PREFIX, SessionCrashParams, canonical, checksum
@@ -189,11 +191,17 @@ _CORRUPTERS = {
 }
 
 
-class CrashArm:
-    """One-shot crashes armed per phase; ``fire`` kills the worker when its phase is armed."""
+class InjectedStepError(RuntimeError):
+    """The failing step of mode "raise": the worker answers INTERNAL_ERROR and keeps serving."""
 
-    def __init__(self) -> None:
+
+class CrashArm:
+    """One-shot crashes armed per phase; ``fire`` kills the worker (or fails the step) when its phase
+    is armed, after announcing the moment in a status event (written before the process goes)."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
         self._lock = threading.Lock()
+        self._emit = emit
         self._armed: dict[str, SessionCrashParams] = {}
 
     def arm(self, p: SessionCrashParams) -> None:
@@ -202,12 +210,18 @@ class CrashArm:
         with self._lock:
             self._armed[p.phase] = p
 
-    def fire(self, phase: str, progressed: Union[int, None] = None) -> None:
-        """Crash now if ``phase`` is armed (for processing with items: once ``progressed`` reached
-        ``after_items``)."""
+    def fire(self, phase: str, where: str, session: str, progressed: Union[int, None] = None) -> None:
+        """Crash now if ``phase`` is armed for ``session`` (or any) (for processing with items: once
+        ``progressed`` reached ``after_items``); ``where`` names the step for the record."""
         with self._lock:
             p = self._armed.get(phase)
-            if p is None or (progressed is not None and progressed < p.after_items):
+            if p is None or (p.session is not None and p.session != session):
+                return
+            if progressed is not None and progressed < p.after_items:
                 return
             del self._armed[phase]
+        self._emit({"domain": "session", "kind": "fault", "phase": phase, "mode": p.mode, "where": where,
+                    "t_mono": time.monotonic()})
+        if p.mode == "raise":
+            raise InjectedStepError(f"injected failure during {phase} in {where}")
         die(p.mode, p.exit_code)
