@@ -109,14 +109,15 @@ def _check_images(typed: Any, checked: set[str], where: str) -> None:
     """Read and verify every input image an item names (once per segment)."""
     for name in typed.__struct_fields__:
         value = getattr(typed, name)
-        ref = value.ref if isinstance(value, ImageInput) else value if isinstance(value, ImageRef) else None
-        if ref is None or ref.shm in checked:
-            continue
-        try:
-            read(ref, verify=True)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {name}: {exc}") from None
-        checked.add(ref.shm)
+        for v in value if isinstance(value, list) else [value]:
+            ref = v.ref if isinstance(v, ImageInput) else v if isinstance(v, ImageRef) else None
+            if ref is None or ref.shm in checked:
+                continue
+            try:
+                read(ref, verify=True)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {name}: {exc}") from None
+            checked.add(ref.shm)
 
 
 class Batch:
@@ -181,7 +182,9 @@ class Batch:
                 workflows.release(self.server, image)
             return result, list(image.sha256)
         built = codec.to_builtins(result)
-        digests = built.get("sha256") if isinstance(built, dict) else None
+        digests = built.get("sha256") if isinstance(built, dict) else None  # a list (inference) or one digest
+        if isinstance(digests, str):
+            return result, [digests]
         return result, [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []
 
     def _item_done(self, pos: int, job: Job, outcome: Any, exc: Union[BaseException, None]) -> None:

@@ -45,7 +45,7 @@ class Resolved:
     spec: OperationSpec
     fn: Handler
     image_field: Union[str, None]  # where a previous step's image goes
-    image_kind: str  # "input" (ImageInput) | "ref" (ImageRef) | ""
+    image_kind: str  # "input" (ImageInput) | "inputs" (a list of them) | "ref" (ImageRef) | ""
 
 
 class OpTable:
@@ -101,15 +101,19 @@ def _image_field(params_type: type, wanted: Union[str, None], prefix: str) -> tu
         if not kind:
             raise ValueError(f"{prefix}image_param {wanted!r} does not take an image")
         return wanted, kind
-    # Implicitly only an ImageInput (postprocessing, safety): an ImageRef parameter such as
-    # inference's init_image changes what the step does, so the workflow must name it.
+    # Implicitly only an ImageInput or a list of them (postprocessing, safety): an ImageRef parameter
+    # such as inference's init_image changes what the step does, so the workflow must name it.
     for name, tp in fields.items():
-        if _kind(tp) == "input":
-            return name, "input"
+        kind = _kind(tp)
+        if kind in ("input", "inputs"):
+            return name, kind
     return None, ""
 
 
 def _kind(tp: Any) -> str:
+    """input: an ImageInput; inputs: a list of them (safety.validate); ref: an ImageRef; "": no image."""
+    if typing.get_origin(tp) is list and typing.get_args(tp) and _kind(typing.get_args(tp)[0]) == "input":
+        return "inputs"
     args = typing.get_args(tp) or (tp,)
     if ImageInput in args:
         return "input"
@@ -132,6 +136,8 @@ def with_image(resolved: Resolved, params: dict[str, Any], ref: ImageRef) -> dic
     value: Any = codec.to_builtins(ref)
     if resolved.image_kind == "input":
         value = {"ref": value}
+    elif resolved.image_kind == "inputs":
+        value = [{"ref": value}]
     return {**params, resolved.image_field: value}
 
 
