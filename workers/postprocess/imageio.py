@@ -88,12 +88,39 @@ def decode(data: bytes, *, what: str = "image") -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
+        known, size = sniff(data), _png_size(data)
+        if size is not None and 0 in size:  # PIL refuses to open these at all: name the real problem
+            raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: zero-sized image ({size[0]}x{size[1]})") from None
+        if known:  # the signature of a supported format, then nothing PIL can read: corrupt, not foreign
+            raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: corrupt {known} file (its header cannot be "
+                                                      "read)") from None
         raise ImageError(ErrorCode.UNSUPPORTED_FORMAT,
                          f"{what}: not an image in a known format (png, jpeg, webp)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"{what}: {exc}") from None
+        size = _png_size(data)
+        dims = f"{size[0]}x{size[1]} is " if size else ""
+        raise ImageError(ErrorCode.IMAGE_TOO_LARGE, f"{what}: {dims}over the {MAX_PIXELS}-pixel limit (refused "
+                                                    f"from its header: {exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated / broken-stream errors
         raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: corrupt or truncated image: {exc}") from None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+def sniff(data: bytes) -> str:
+    """The supported format whose signature ``data`` starts with, or ""."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return ""
 
 
 def encode(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:

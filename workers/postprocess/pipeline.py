@@ -13,7 +13,8 @@ Every result says which stage failed, why, and which path served it (``StageRepo
 
 Faults (``FaultPlan``): a stage fails for the next N requests that reach it, for one algorithm (the
 others still work: a broken algorithm) or for all (a broken stage); "raise" throws inside the algorithm,
-"bad_output" returns a blank image of the wrong size, which validation must catch; "oom" raises
+"bad_output" returns a blank image of the wrong size, which validation must catch, "stdout_noise" makes
+the algorithm print on fd 1 through C stdio (as native libraries do) and then work; "oom" raises
 out-of-memory on every tile larger than a side, driving the back-off.
 """
 
@@ -34,7 +35,9 @@ from workers.postprocess.upscale import (
     RealEsrganBackend,
     UpscaleBackend,
     UpscaleError,
+    c_printf,
     check_request,
+    stdout_to_stderr,
     upscale,
 )
 from workers.protocol.messages import ErrorCode
@@ -44,6 +47,7 @@ _FALLBACK = {"fallback_to_original_image": "original", "alternative_enhancement_
              "graceful_degradation": "degraded"}
 FAULT_KINDS = {"upscaling_algorithm_failure": "upscale", "quality_enhancement_crash": "enhance",
                "format_conversion_error": "convert", "out_of_memory": "oom"}
+FAULT_MODES = ("raise", "bad_output", "stdout_noise")
 
 
 class InjectedFailure(RuntimeError):
@@ -93,8 +97,8 @@ class FaultPlan:
             raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
         if calls < 0 or above_tile < 0:
             raise ValueError(f"calls and above_tile must be >= 0, got {calls} and {above_tile}")
-        if mode not in ("raise", "bad_output"):
-            raise ValueError(f"mode must be raise or bad_output, got {mode!r}")
+        if mode not in FAULT_MODES:
+            raise ValueError(f"mode must be one of {list(FAULT_MODES)}, got {mode!r}")
         stage = FAULT_KINDS[kind]
         with self._lock:
             if calls == 0:
@@ -337,6 +341,11 @@ class Postprocessor:
         hit = fault is not None and fault.hits(attempt.algorithm)
         if hit and fault is not None and fault.mode == "raise":
             raise InjectedFailure(f"injected {stage} failure in {attempt.algorithm}")
+        if hit and fault is not None and fault.mode == "stdout_noise":
+            with stdout_to_stderr():
+                c_printf(f"0.00%\n{stage} progress printed on fd 1 by {attempt.algorithm}\n")
+            out, sub, data = attempt.run(pixels)
+            return out, sub, data
         out, sub, data = attempt.run(pixels)
         if hit and data is not None:
             data = data[: len(data) // 2]  # bad_output: a truncated file

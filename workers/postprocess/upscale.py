@@ -6,10 +6,12 @@ image one tile at a time: tiling, with an overlap of context around each tile so
 here in Python, and an out-of-memory error (``MemoryError``, ``torch.OutOfMemoryError``, or one a test
 injects) halves the tile and retries, down to a floor, then fails with ``OutOfMemory``.
 
-The ncnn library prints its progress ("0.00%") on file descriptor 1 from C. Inside a worker fd 1 was
-already pointed at stderr for the whole process (workers/runtime/stdio.py); anywhere else every call
+Native code must never write on file descriptor 1, which inside a worker carries the protocol. The ncnn
+build in the wheel prints its progress ("0.00%") with fprintf on stderr, but other builds, Vulkan loaders
+and glslang write on stdout, so every call is guarded: inside a worker fd 1 already points at stderr for
+the whole process (workers/runtime/stdio.py) and the guard only flushes C stdio; anywhere else the call
 points fd 1 at stderr for its duration, under one process-wide lock, and flushes C stdio before
-restoring it, so nothing lands on the caller's stdout.
+restoring it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ def _same_file(a: int, b: int) -> bool:
     except OSError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def c_printf(text: str) -> None:
+    """Print through C's stdio on fd 1, as a native library does (fault injection and tests)."""
+    libc = ctypes.CDLL(None)
+    libc.printf(b"%s", text.encode())
+    libc.fflush(None)
 
 
 def _flush_c_stdio() -> None:

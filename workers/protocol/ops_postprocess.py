@@ -138,7 +138,9 @@ class PostprocessFaultParams(msgspec.Struct, forbid_unknown_fields=True):
     kind: FaultKind
     calls: int = 1  # the next N requests reaching the stage fail; 0 clears the stage's fault
     algorithm: Union[str, None] = None  # e.g. realesrgan, classical, ai, standard, basic, webp; None: all
-    mode: Literal["raise", "bad_output"] = "raise"  # bad_output: blank/wrong-size image or truncated file
+    # raise: the algorithm throws; bad_output: it returns a blank, wrong-size image or a truncated file (output
+    # validation must catch it); stdout_noise: it prints on fd 1 through C stdio, as native libraries do, then works
+    mode: Literal["raise", "bad_output", "stdout_noise"] = "raise"
     above_tile: int = 0  # out_of_memory: tiles with a side above this many px fail (0: every tile)
 
 
