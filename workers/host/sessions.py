@@ -86,7 +86,8 @@ class SessionHost:
         self.pool = WorkerPool(argv, cfg, env=env, name=name)
         self.journal = SessionJournal()
         self.recoveries: list[Recovery] = []
-        self.repairs: list[tuple[str, str]] = []  # (session, why) restored from the journal after corruption
+        # (session, why, monotonic time) restored from the journal after corruption
+        self.repairs: list[tuple[str, str, float]] = []
         self.corrupt_events: list[dict[str, Any]] = []  # the workers' "corrupt" status events (+ "slot")
         self.fault_events: list[dict[str, Any]] = []  # "fault" status events: when an armed fault fired
         self.max_resubmits = max_resubmits
@@ -204,7 +205,7 @@ class SessionHost:
         except WorkerError as exc:
             log.error("session %s could not be repaired from the journal: %s", sid, exc)
             return
-        self.repairs.append((sid, why))
+        self.repairs.append((sid, why, time.monotonic()))
 
     # ---- slots ------------------------------------------------------------------------------------
     def _await_slot(self, index: int, deadline: float) -> tuple[WorkerClient, int]:
@@ -287,7 +288,7 @@ class SessionHost:
                 entry = self.journal.get(sid)
                 if entry is not None and (not exc.retryable or self._worker_behind(client, sid, entry.version)):
                     client.request("session.restore", entry.restore_params(), timeout=max(1.0, remaining))
-                    self.repairs.append((sid, exc.message[:200]))
+                    self.repairs.append((sid, exc.message[:200], time.monotonic()))
 
     def _worker_behind(self, client: WorkerClient, sid: str, version: int) -> bool:
         listing = client.request("session.list", {}, timeout=10.0)
