@@ -5,7 +5,7 @@
   restoration (denoising, deblurring, deblocking) at the original resolution.
 - ``standard`` (classical, adaptive): measure the image, then treat what was found: JPEG blockiness on
   the 8-px grid -> total-variation deblocking; noise (Immerkaer's estimate) -> non-local means; blur
-  (scikit-image's blur_effect) -> unsharp mask; a compressed histogram -> contrast stretch. A clean
+  (scikit-image's blur_effect) -> unsharp mask; a washed-out histogram -> a mild contrast stretch. A clean
   image is left as it is (sharpening it would only lower its fidelity).
 - ``basic``: a fixed mild unsharp mask and the same contrast stretch (the lowest level served).
 
@@ -25,7 +25,8 @@ LEVELS = ("ai", "standard", "basic")
 BLOCKY_ABOVE = 1.3  # mean step across 8-px block borders over the mean step anywhere
 NOISY_ABOVE = 6.0  # estimated noise sigma, 0..255 units
 BLURRY_ABOVE = 0.4  # skimage.measure.blur_effect, 0 sharp .. 1 blurred
-LOW_CONTRAST_BELOW = 160.0  # span of the 1st..99th percentile of luminance
+MAX_CONTRAST_GAIN = 1.25
+LOW_CONTRAST_BELOW = 64.0  # washed out: the 1st..99th luminance percentiles span under a quarter of the range
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
@@ -90,12 +91,14 @@ def _unsharp(pixels: np.ndarray, radius: float, percent: int, threshold: int) ->
 
 
 def _stretch(pixels: np.ndarray) -> np.ndarray:
-    """Map the 1st..99th luminance percentiles to 8..247 (a low-contrast image gets its range back)."""
+    """Widen the 1st..99th luminance percentiles around their midpoint, by at most MAX_CONTRAST_GAIN (a
+    flat crop of a wall is not a washed-out photo: a full auto-levels would invent contrast in it)."""
     lo, hi = np.percentile(_grey(pixels), [1, 99])
     if hi - lo < 1.0:
         return pixels  # a flat image has no contrast to stretch
-    scaled = (pixels.astype(np.float32) - lo) * (239.0 / (hi - lo)) + 8.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    gain = min(MAX_CONTRAST_GAIN, 239.0 / (hi - lo))
+    mid = (lo + hi) / 2.0
+    return np.clip(np.rint((pixels.astype(np.float32) - mid) * gain + mid), 0, 255).astype(np.uint8)
 
 
 def enhance_standard(pixels: np.ndarray) -> Enhanced:
