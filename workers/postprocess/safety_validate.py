@@ -2,10 +2,11 @@
 
 For each validation (a batch of images and a policy name):
 
-1. classification: the whole batch in one call, given half the validation's time budget; when that call
-   fails or times out, every item is retried alone, concurrently, within the rest of the budget, so a
-   failure that belongs to one item (a crash on its input, a hang) stays with that item: isolation;
-2. policy: each classified item's scores go through the policy engine, one item at a time;
+1. classification, within 80 % of the validation's time budget: the whole batch in one call, given half of
+   that; when the call fails or times out, every item is retried alone, concurrently, within the rest, so
+   a failure that belongs to one item (a crash on its input, a hang) stays with that item: isolation;
+2. policy: each classified item's scores go through the policy engine, one item at a time, within the
+   whole budget (the last 20 % are kept for it: a hung item's wait never leaves the others unchecked);
 3. an item whose classification or policy check failed, crashed or ran past the budget is given the
    conservative classification: decision ``block`` with ``fail_closed`` and the reason, and it is
    escalated to the manual-review queue. Items a policy sends to ``review`` are escalated as well.
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 FAILURES = ("classifier_model_failure", "policy_engine_crash", "validation_timeout")
 SCOPES = ("single_item", "batch", "system_wide")
 CONSERVATIVE = "block"
+CLASSIFY_SHARE = 0.8  # of the budget; the rest is kept for the policy checks
 
 
 class InjectedFault(RuntimeError):
@@ -332,7 +334,8 @@ class SafetyValidator:
         classify_s = policy_s = 0.0
         isolated = False
         try:
-            scores, failed, isolated = self._classification(images, faults, hang_s, deadline)
+            scores, failed, isolated = self._classification(images, faults, hang_s,
+                                                            t0 + CLASSIFY_SHARE * timeout_s)
             classify_s = time.monotonic() - t0
             for i, why in failed.items():
                 verdicts[i] = Verdict(i, ids[i], CONSERVATIVE, True, why)
