@@ -149,7 +149,7 @@ class Batch:
             self._timer.start()
         self.server.send(Event(event="progress", id=self.rid, data={
             "step": 0, "total": len(self.items), "stage": "admitted", "prepare_s": round(self.prepare_s, 6),
-            "window": self.window}))
+            "window": self.window, "t_s": round(self.queue.now(), 6)}))  # the queue's clock, as in queue.trace
         with self._lock:
             self._feed()
 

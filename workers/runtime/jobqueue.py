@@ -320,8 +320,9 @@ class JobQueue:
                 job.state = "done"
                 self._running -= 1
                 self._running_jobs.pop(index, None)
-                self._service.append(job.ended - job.started)
                 outcome = _outcome(error)
+                if outcome != "cancelled":  # a cancelled run stopped early: not a service time
+                    self._service.append(job.ended - job.started)
                 self._counts[{"ok": "completed", "cancelled": "cancelled"}.get(outcome, "failed")] += 1
                 self._record(job, outcome)
             try:
