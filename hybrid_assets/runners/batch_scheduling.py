@@ -139,7 +139,7 @@ class BatchCall:
                 time.sleep(max(0.01, exc.retry_after_s or 0.01))
 
 
-def _run_together(calls: list[tuple[BatchCall, Any]]) -> None:
+def run_together(calls: list[tuple[BatchCall, Any]]) -> None:
     threads = [threading.Thread(target=fn, daemon=True) for _, fn in calls]
     for t in threads:
         t.start()
@@ -172,7 +172,7 @@ def batch_preparation(ctx: RunnerContext) -> None:
                                   "key": f"{b}-{k}"} for k in range(size)]
                         call.run(s.client, items, seed_base=b * 100_000, timeout=timeout, cancel_when_admitted=True)
 
-                    _run_together([(c, lambda c=c, b=n + i: go(c, b)) for i, c in enumerate(calls)])
+                    run_together([(c, lambda c=c, b=n + i: go(c, b)) for i, c in enumerate(calls)])
                     n += level
                     for c in calls:
                         if c.admitted is None:
@@ -306,7 +306,7 @@ def _run_round(client: WorkerClient, prios: list[int], size: int, kind: str, ima
 
     prober = threading.Thread(target=probe_loop, daemon=True)
     prober.start()
-    _run_together([(c, lambda c=c, b=seed + i: go(c, b)) for i, c in enumerate(calls)])
+    run_together([(c, lambda c=c, b=seed + i: go(c, b)) for i, c in enumerate(calls)])
     done.set()
     prober.join()
     for pr in probes:
@@ -402,7 +402,7 @@ def batch_aggregation(ctx: RunnerContext) -> None:
                                   "key": f"b{bi}-i{k}"} for k in range(size)]
                         call.run(s.client, items, seed_base=bi * 100_000, timeout=timeout)
 
-                    _run_together([(c, lambda c=c, bi=b + i: go(c, bi)) for i, c in enumerate(calls)])
+                    run_together([(c, lambda c=c, bi=b + i: go(c, bi)) for i, c in enumerate(calls)])
                     b += level
                     for c in calls:
                         if c.result is None:
