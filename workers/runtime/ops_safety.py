@@ -141,6 +141,8 @@ class SafetyRuntime:
 
     def validate(self, ctx: RequestContext, p: SafetyValidateParams, queue_s: float = 0.0) -> SafetyValidateResult:
         validator = self.require()
+        if not 0 < p.timeout_s <= 600:
+            raise ValueError(f"timeout_s must be in (0, 600], got {p.timeout_s}")
         if p.ids and len(p.ids) != len(p.images):
             raise ValueError(f"ids: {len(p.ids)} given for {len(p.images)} images")
         validator.policy(p.policy)  # an unknown policy is refused before anything is decoded
