@@ -93,6 +93,19 @@ def test_a_classifier_returning_nan_fails_that_item_closed_and_isolation_keeps_t
     assert [x.decision for x in r.items] == ["allow", "review", "block", "allow"]
 
 
+def test_escalations_are_also_appended_to_the_review_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    backend = TableBackend()
+    backend.fail = RuntimeError("down")
+    v, q, _ = make(backend)
+    q.log_path = tmp_path / "review.jsonl"
+    v.validate(BATCH[:2], IDS[:2], "default", 1.0, "r9")
+    lines = [json.loads(x) for x in q.log_path.read_text().splitlines()]
+    assert [(e["id"], e["request"], e["fail_closed"], e["decision"]) for e in lines] == [
+        ("i0", "r9", True, "block"), ("i1", "r9", True, "block")]
+
+
 def test_a_hanging_classifier_times_out_within_the_budget_and_fails_closed() -> None:
     backend = TableBackend()
     backend.hang.set()

@@ -166,7 +166,11 @@ class SafetyRuntime:
         t0 = time.perf_counter()
         images = _decode(p.images)
         t1 = time.perf_counter()
-        scores = validator.classify(images)
+        try:
+            scores = validator.classify(images)
+        except Exception as exc:  # the classifier's failure, not the request's: no verdict to fail closed here
+            raise OperationError(ErrorCode.INTERNAL_ERROR, f"safety classifier {validator.backend.name!r} failed: "
+                                                           f"{type(exc).__name__}: {exc}", retryable=True) from exc
         return SafetyClassifyResult(validator.backend.name, scores, t1 - t0, time.perf_counter() - t1, queue_s)
 
     def policy_check(self, ctx: RequestContext, p: SafetyPolicyCheckParams,
