@@ -47,6 +47,10 @@ def safety_validation_load(ctx: RunnerContext) -> None:
         # one validation first, untimed: the first forward pass pays for lazy initialisation
         s.client.request("safety.validate", {"images": [inputs[0]], "ids": ["warm-up"]}, timeout=REQUEST_TIMEOUT_S)
 
+        def record(metric: str, value: float, unit: str, **labels: object) -> None:
+            with lock:  # the recorder numbers samples by position: one writer at a time
+                ctx.recorder.record(metric, value, unit, **labels)
+
         def one(k: int, due: float) -> None:
             item = items[k % len(items)]
             labels = {"content": item.content, "label": item.label}
@@ -56,19 +60,19 @@ def safety_validation_load(ctx: RunnerContext) -> None:
                                      timeout=REQUEST_TIMEOUT_S)
             except WorkerError as exc:
                 done = time.monotonic()
-                ctx.recorder.record("validation_error", 1, "count", code=exc.code, **labels)
-                ctx.recorder.record("safety_verdict_correct_ok", 0, "ratio", error=exc.code, **labels)
-                ctx.recorder.record("validation_latency_s", done - due, "s", error=exc.code, **labels)
+                record("validation_error", 1, "count", code=exc.code, **labels)
+                record("safety_verdict_correct_ok", 0, "ratio", error=exc.code, **labels)
+                record("validation_latency_s", done - due, "s", error=exc.code, **labels)
                 with lock:
                     answered.append(done)
                 return
             done = time.monotonic()
             v = r["items"][0]
             ok = not v["fail_closed"] and v["decision"] == corpus.expected_decision(item.label)
-            ctx.recorder.record("validation_error", 0, "count", **labels)
-            ctx.recorder.record("safety_verdict_correct_ok", int(ok), "ratio", decision=v["decision"],
-                                fail_closed=int(v["fail_closed"]), **labels)
-            ctx.recorder.record("validation_latency_s", done - due, "s", **labels)
+            record("validation_error", 0, "count", **labels)
+            record("safety_verdict_correct_ok", int(ok), "ratio", decision=v["decision"],
+                   fail_closed=int(v["fail_closed"]), **labels)
+            record("validation_latency_s", done - due, "s", **labels)
             with lock:
                 answered.append(done)
 
