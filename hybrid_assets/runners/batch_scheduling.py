@@ -252,8 +252,9 @@ def starved_batches(entries: list[dict[str, Any]], batches: dict[str, tuple[int,
     out = {}
     for rid, (prio, admitted) in batches.items():
         start = first.get(rid, float("inf"))
-        out[rid] = any(other != rid and oprio >= prio and oadm > admitted and first_end.get(other, float("inf")) < start
-                       for other, (oprio, oadm) in batches.items())
+        # <=: with one slot, a later batch's item ending is the moment this batch's first one could start
+        out[rid] = any(other != rid and oprio >= prio and oadm > admitted
+                       and first_end.get(other, float("inf")) <= start for other, (oprio, oadm) in batches.items())
     return out
 
 

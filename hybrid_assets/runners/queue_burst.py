@@ -19,6 +19,7 @@ during a burst: output_mismatch_error against the pair's reference.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -46,12 +47,15 @@ def schedule(baseline_rps: float, magnitude: float, durations: list[float], inte
     for k, d in enumerate(durations):
         bursts.append(Burst(k, onset, onset + d))
         onset += max(interval, d)
+    segments, t = [], 0.0  # (start, end, burst index or -1): evenly spaced arrivals within each
+    for b in bursts:
+        segments += [(t, b.onset, -1), (b.onset, b.end, b.index)]
+        t = b.end
     arrivals: list[tuple[float, int]] = []
-    t, end = 0.0, bursts[-1].end if bursts else warm_s
-    while t < end:
-        burst = next((b for b in bursts if b.onset <= t < b.end), None)
-        arrivals.append((t, burst.index if burst else -1))
-        t += 1.0 / (baseline_rps * (magnitude if burst else 1.0))
+    for start, end, index in segments:
+        rate = baseline_rps * (magnitude if index >= 0 else 1.0)
+        count = math.ceil((end - start) * rate - 1e-9)
+        arrivals += [(start + k / rate, index) for k in range(count)]
     return arrivals, bursts
 
 
