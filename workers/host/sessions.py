@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from workers.host.client import EventCallback, WorkerClient
-from workers.host.errors import NoWorkerAvailable, WorkerError, WorkerLost
+from workers.host.errors import NoWorkerAvailable, RequestTimeout, WorkerError, WorkerLost
 from workers.host.pool import PoolConfig, PoolEvent, WorkerPool
 from workers.host.session_journal import SessionJournal
 from workers.protocol.messages import ErrorCode, Event
@@ -266,7 +266,7 @@ class SessionHost:
             client, generation = self._await_slot(slot, deadline)
             remaining = max(0.001, deadline - time.monotonic())
             try:
-                return client.request(op, params, timeout=remaining, priority=priority, on_event=on_event)
+                return self._request(client, op, params, remaining, priority, on_event)
             except WorkerLost as exc:
                 recovery = self._recovery_of(slot, generation)
                 what = f"{op} #{exc.request_id}"
@@ -289,6 +289,19 @@ class SessionHost:
                 if entry is not None and (not exc.retryable or self._worker_behind(client, sid, entry.version)):
                     client.request("session.restore", entry.restore_params(), timeout=max(1.0, remaining))
                     self.repairs.append((sid, exc.message[:200], time.monotonic()))
+
+    @staticmethod
+    def _request(client: WorkerClient, op: str, params: Mapping[str, Any], timeout: float, priority: int,
+                 on_event: Union[EventCallback, None]) -> dict[str, Any]:
+        """Send and sleep until the answer. Unlike ``WorkerClient.request`` the caller never takes the read
+        role: with dozens of sessions waiting at once, callers polling for that role burn the CPU the
+        worker needs; the client's reader thread hands each answer over instead."""
+        pending = client.submit(op, params, deadline_ms=timeout * 1e3, priority=priority, on_event=on_event)
+        if not pending.wait(timeout + min(1.0, 0.1 * timeout + 0.05)):
+            if client.alive:
+                client.submit("cancel", {"target": pending.id})
+            raise RequestTimeout(f"no answer within {timeout:g} s", pending.id, op)
+        return pending.result()
 
     def _worker_behind(self, client: WorkerClient, sid: str, version: int) -> bool:
         listing = client.request("session.list", {}, timeout=10.0)
