@@ -94,8 +94,9 @@ def decode(data: bytes, *, what: str = "image") -> np.ndarray:
         if known:  # the signature of a supported format, then nothing PIL can read: corrupt, not foreign
             raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: corrupt {known} file (its header cannot be "
                                                       "read)") from None
-        raise ImageError(ErrorCode.UNSUPPORTED_FORMAT,
-                         f"{what}: not an image in a known format (png, jpeg, webp)") from None
+        foreign = next((name for magic, name in _FOREIGN if data.startswith(magic)), "")
+        named = f"format {foreign} is not supported" if foreign else "not an image in a known format"
+        raise ImageError(ErrorCode.UNSUPPORTED_FORMAT, f"{what}: {named} (png, jpeg, webp)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         size = _png_size(data)
         dims = f"{size[0]}x{size[1]} is " if size else ""
@@ -103,6 +104,10 @@ def decode(data: bytes, *, what: str = "image") -> np.ndarray:
                                                     f"from its header: {exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's truncated / broken-stream errors
         raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: corrupt or truncated image: {exc}") from None
+
+
+_FOREIGN = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+            (b"\x00\x00\x00\x0cjP", "JPEG 2000"), (b"8BPS", "PSD"))
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

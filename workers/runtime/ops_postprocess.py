@@ -94,13 +94,22 @@ def _quality(q: int) -> int:
     return q
 
 
+def _slots() -> int:
+    raw = os.environ.get(ENV_SLOTS) or "1"
+    try:
+        return max(1, min(16, int(raw)))
+    except ValueError:
+        log.warning("%s=%r is not an integer: 1 postprocessing slot", ENV_SLOTS, raw)
+        return 1
+
+
 class PostprocessRuntime:
     def __init__(self, server: WorkerServer) -> None:
         self.server = server
         self.processor = Postprocessor()
         self.images = ShmLedger()
         self._pool: PriorityPool | None = None
-        self.slots = 0
+        self.slots = _slots()  # the pool itself starts on first use
         self._pool_lock = threading.Lock()
         server.stop_hooks.append(self._stop)
 
@@ -116,7 +125,6 @@ class PostprocessRuntime:
     def pool(self) -> PriorityPool:
         with self._pool_lock:
             if self._pool is None:
-                self.slots = max(1, min(16, int(os.environ.get(ENV_SLOTS) or 1)))
                 self._pool = PriorityPool(self.server, "postprocess", self.slots)
             return self._pool
 
