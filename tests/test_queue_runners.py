@@ -14,13 +14,13 @@ import pytest
 from hybrid_assets.harness.results import Recorder
 from hybrid_assets.runners import RunnerContext, runner_spec
 from hybrid_assets.runners.batch_scheduling import (
-    BatchCall,
     aggregation_errors,
     analyse_dispatch,
     batch_priorities,
     expected_digest,
     starved_batches,
 )
+from hybrid_assets.runners.batch_support import BatchCall
 from hybrid_assets.runners.queue_burst import schedule
 from hybrid_assets.runners.queue_overflow import HIGH, NORMAL, _inversions, _late_rejections
 

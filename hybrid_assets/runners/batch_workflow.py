@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hybrid_assets.runners import RunnerContext
-from hybrid_assets.runners.batch_scheduling import BatchCall, run_together
+from hybrid_assets.runners.batch_support import BatchCall, run_together
 from hybrid_assets.runners.ground_truth import observe
 from hybrid_assets.runners.inference_latency import real_devices
 from hybrid_assets.runners.inference_throughput import NO_GPU, _NvmlSampler
