@@ -184,3 +184,15 @@ def test_close_reports_and_frees_everything(worker_argv: list[str]) -> None:
         with pytest.raises(WorkerError) as info:
             c.request("session.close", {"id": sid})
         assert info.value.code == ErrorCode.SESSION_NOT_FOUND
+
+
+def test_session_benchmark_prints_figures_and_ratios(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from workers.bench import sessions as bench
+
+    assert bench.main(["--reps", "3", "--workspace-mib", "1", "--json", str(tmp_path / "b.json")]) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["create"]["n"] == 3 and figures["close_resources"]["p90_ms"] > 0
+    assert set(figures["ratio_p50_to_echo"]) == {"create", "close", "create_resources", "close_resources"}
+    assert "p50 / echo p50" in capsys.readouterr().out
