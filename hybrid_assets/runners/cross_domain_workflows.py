@@ -26,11 +26,12 @@ from hybrid_assets.runners.model_support import ensure_models, model_session, pi
 from hybrid_assets.runners.postprocess_support import shm_input
 from hybrid_assets.runners.safety_support import ensure_classifier
 from workers.host import WorkerClient
+from workers.host.errors import WorkerError
 from workers.postprocess import samples
 from workers.protocol.images import ShmLedger
 
-LATENCY_METRICS = frozenset({"workflow_latency_s"})
-OVERHEAD_METRICS = frozenset({"coordination_overhead_s"})
+LATENCY_METRICS = frozenset({"workflow_latency_s", "workflow_failed"})
+OVERHEAD_METRICS = frozenset({"coordination_overhead_s", "workflow_latency_s"})
 WARMUP_RUNS = 2  # first calls build pools, load the upscaler and warm caches: not what is measured
 
 
@@ -71,6 +72,8 @@ def workflow_latency(ctx: RunnerContext) -> None:
     rec = ctx.recorder
     runs = int(p.get("runs", 45))
     kind = str(p.get("workflow", "single_step"))
+    if kind not in ("single_step", "text_to_image_upscale_safety"):
+        raise ValueError(f"unknown workflow {kind!r}: single_step or text_to_image_upscale_safety")
     with every_domain_ready(ctx) as ready, _ledger() as ledger:
         if kind == "single_step":
             px = int(p.get("image_px", 512))
@@ -79,24 +82,30 @@ def workflow_latency(ctx: RunnerContext) -> None:
                 raise ValueError(f"step {p.get('step')!r}: only standard_enhancement is defined")
             for i in range(WARMUP_RUNS + runs):
                 image = shm_input(ledger, samples.image(px, i))
-                t0 = time.perf_counter()
-                ready.client.request("postprocess.enhance", {"image": image, "level": level, "output": "digest"},
-                                     timeout=120)
-                if i >= WARMUP_RUNS:
-                    rec.record("workflow_latency_s", time.perf_counter() - t0, "s", workflow=kind, image_px=px)
+                _timed(rec, i, "postprocess.enhance", {"image": image, "level": level, "output": "digest"},
+                       ready.client, workflow=kind, image_px=px)
         elif kind == "text_to_image_upscale_safety":
             px = int(p.get("width_px", 512))
             steps, factor = int(p.get("steps", 20)), int(p.get("upscale_factor", 2))
             for i in range(WARMUP_RUNS + runs):
-                t0 = time.perf_counter()
-                ready.client.request("workflow.run", {
+                _timed(rec, i, "workflow.run", {
                     "steps": _complex_steps(ready.model, px, steps, factor, i, every_domain=False),
-                    "output": "digest"}, timeout=300)
-                if i >= WARMUP_RUNS:
-                    rec.record("workflow_latency_s", time.perf_counter() - t0, "s", workflow=kind, px=px, steps=steps)
-        else:
-            raise ValueError(f"unknown workflow {kind!r}: single_step or text_to_image_upscale_safety")
+                    "output": "digest"}, ready.client, workflow=kind, px=px, steps=steps)
     rec.note("measured", "host submission to answer; the first runs are warm-up and not recorded")
+
+
+def _timed(rec: Any, i: int, op: str, params: dict[str, Any], client: WorkerClient, **labels: Any) -> None:
+    """One workflow, timed from submission to answer; a failure is recorded, not raised."""
+    t0 = time.perf_counter()
+    try:
+        client.request(op, params, timeout=300)
+    except WorkerError as exc:
+        if i >= WARMUP_RUNS:
+            rec.record("workflow_failed", 1.0, "count", **labels, error=f"{exc.code}: {exc.message[:160]}")
+        return
+    if i >= WARMUP_RUNS:
+        rec.record("workflow_latency_s", time.perf_counter() - t0, "s", **labels)
+        rec.record("workflow_failed", 0.0, "count", **labels)
 
 
 @contextmanager
@@ -126,6 +135,7 @@ def coordination_overhead(ctx: RunnerContext) -> None:
             own = sum(s["reported_s"] if s["reported_s"] is not None else s["seconds"] for s in result["steps"])
             rec.record("coordination_overhead_s", end_to_end - own, "s", workflow=i,
                        in_worker_s=round(result["overhead_s"], 5), end_to_end_s=round(end_to_end, 4))
+            rec.record("workflow_latency_s", end_to_end, "s", workflow=i)
             in_worker.append(result["overhead_s"])
     if in_worker:
         ordered = sorted(in_worker)
