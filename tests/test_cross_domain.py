@@ -199,3 +199,18 @@ def test_runners_refuse_unknown_variants_by_name() -> None:
                             logging.getLogger("test"))
         with pytest.raises((ValueError, WorkerError), match=match):
             spec.fn(ctx)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+def test_mixed_operations_are_judged_from_the_workers_dispatch_trace(worker_argv: list[str]) -> None:
+    rec = _run("cross_domain.mixed_operation_concurrency",
+               {"operation_mix": {"inference_operations": 0.5, "model_loading_operations": 0.2,
+                                  "postprocessing_operations": 0.2, "system_maintenance_operations": 0.1},
+                "concurrent_users": [3], "operations": 12}, worker_argv)
+    assert len(_values(rec, "cross_operation_interference_detected")) == 12
+    assert _values(rec, "resource_conflict_error") == [0.0] * 12
+    # one dispatch decision per job the worker ran in the level
+    assert len(_values(rec, "priority_inversion_detected")) == 12
+    with pytest.raises(ValueError, match="unknown kinds"):
+        _run("cross_domain.mixed_operation_concurrency", {"operation_mix": {"gardening": 1.0}}, worker_argv)
