@@ -100,7 +100,10 @@ def session_recovery(ctx: RunnerContext) -> None:
             time.sleep(max(0.0, stable_s - up_for) + 0.05)  # a fresh failure, not a crash loop
             t_crash = time.monotonic()
             if trigger == "kill":
-                os.kill(client.pid or 0, signal.SIGKILL)
+                try:
+                    os.kill(client.pid or 0, signal.SIGKILL)
+                except ProcessLookupError:  # gone already: recorded as what it is, not a crash we caused
+                    rec.note(f"crash_{i}", "the worker had exited before the kill")
             else:
                 client.submit("fault.crash", {"mode": "exception" if trigger == "unhandled_exception" else "sigkill"})
             labels: dict[str, Any] = {"crash": i, "trigger": trigger}

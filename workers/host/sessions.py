@@ -208,13 +208,14 @@ class SessionHost:
         self.repairs.append((sid, why, time.monotonic()))
 
     # ---- slots ------------------------------------------------------------------------------------
-    def _await_slot(self, index: int, deadline: float) -> tuple[WorkerClient, int]:
+    def _await_slot(self, index: int, deadline: float, after: int = -1) -> tuple[WorkerClient, int]:
+        """The slot's worker once ready (and, with ``after``, a newer one than generation ``after``)."""
         slot = self._slots[index]
         with self._cv:
             while True:
                 if self._closed:
                     raise NoWorkerAvailable("the session host is closed")
-                if slot.state == "ready" and slot.client is not None:
+                if slot.state == "ready" and slot.client is not None and slot.generation > after:
                     return slot.client, slot.generation
                 if slot.state == "failed":
                     raise NoWorkerAvailable(f"worker slot {index} failed for good: {self.pool.describe()}")
@@ -262,8 +263,11 @@ class SessionHost:
         deadline = time.monotonic() + timeout
         resubmits = 0
         repaired = False
+        lost_generation = -1
         while True:
-            client, generation = self._await_slot(slot, deadline)
+            # After a loss, only a replacement will do: the lost client can look ready for a moment (its
+            # pipe broke on write before its reader saw the end of the stream).
+            client, generation = self._await_slot(slot, deadline, lost_generation)
             remaining = max(0.001, deadline - time.monotonic())
             try:
                 return self._request(client, op, params, remaining, priority, on_event)
@@ -279,6 +283,7 @@ class SessionHost:
                     raise WorkerLost(f"{exc.message} (policy {RESUME!r}: resubmitted {resubmits} times and lost "
                                      f"again: not resubmitted further)", exc.request_id, op) from exc
                 resubmits += 1
+                lost_generation = generation
                 self._note(recovery, "resumed", what)
             except WorkerError as exc:
                 sid = params.get("id")
