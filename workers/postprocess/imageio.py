@@ -157,10 +157,10 @@ def load_input(inp: ImageInput, *, what: str = "image") -> np.ndarray:
             raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: index {inp.index} outside the batch of "
                                                        f"{inp.ref.shape[0] if inp.ref.shape else 0}")
         try:
-            batch = images.read(inp.ref, verify=True)
+            pixels = images.read_one(inp.ref, inp.index, verify=True)
         except ValueError as exc:
             raise ImageError(ErrorCode.IMAGE_INVALID, f"{what}: {exc}") from None
-        return check_array(batch[inp.index], what=what)
+        return check_array(pixels, what=what)
     try:
         data = base64.b64decode(inp.encoded_b64 or "", validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -131,6 +131,32 @@ def read(ref: ImageRef, *, verify: bool = True, unlink: bool = False) -> np.ndar
     return out
 
 
+def read_one(ref: ImageRef, index: int, *, verify: bool = True) -> np.ndarray:
+    """Copy image ``index`` of a batch out of its segment (only that image: reading item i of an
+    n-image batch costs one image, not n), checking that image's digest."""
+    import numpy as np
+
+    shape = tuple(ref.shape)
+    if ref.dtype != "uint8" or len(shape) != 4 or any(d <= 0 for d in shape):
+        raise ValueError(f"image {ref.shm}: dtype {ref.dtype!r} / shape {list(shape)} not a uint8 batch")
+    if not 0 <= index < shape[0]:
+        raise ValueError(f"image {ref.shm}: index {index} outside the batch of {shape[0]}")
+    try:
+        seg = shared_memory.SharedMemory(name=ref.shm)
+    except FileNotFoundError:
+        raise ValueError(f"image {ref.shm}: no such shared-memory segment (already taken or never made)") from None
+    resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+    try:
+        if seg.size < int(np.prod(shape)):
+            raise ValueError(f"image {ref.shm}: segment holds {seg.size} bytes, shape {list(shape)} needs more")
+        out = np.ndarray(shape, np.uint8, buffer=seg.buf)[index].copy()
+    finally:
+        seg.close()
+    if verify and ref.sha256 and _digests(out[None]) != [ref.sha256[index]]:
+        raise ValueError(f"image {ref.shm}[{index}]: content does not match its sha256 (changed in transit)")
+    return out
+
+
 def take(ref: ImageRef, *, verify: bool = True) -> np.ndarray:
     """Read and unlink: the consumer owns the handoff."""
     return read(ref, verify=verify, unlink=True)
