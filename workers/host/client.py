@@ -251,6 +251,9 @@ class WorkerClient:
             self._writer.write(frame)
         except (BrokenPipeError, OSError, ValueError) as exc:
             self._fail_pending(rid, WorkerLost(f"{self.name}: cannot write to worker stdin ({exc})", rid, op))
+            # The link is unusable: say so now, so a pool stops handing this client out before its
+            # reader sees the end of the stream.
+            self._mark_lost(f"its stdin cannot be written ({exc})")
         return pending
 
     def request(
@@ -277,6 +280,10 @@ class WorkerClient:
         on this kind of machine is as much as the whole round trip. So a waiting caller takes
         the read role itself; the background reader steps aside while callers are active."""
         deadline = time.monotonic() + timeout
+        # While another caller holds the read role, it dispatches our answer too (the wait wakes at
+        # once); we only poll to take the role over when it leaves. The poll backs off from 2 to
+        # 10 ms, so dozens of waiting threads do not starve the worker of CPU with wake-ups.
+        poll = self._POLL_MIN_S
         try:
             while not pending.done:
                 self._last_sync = time.monotonic()
@@ -286,13 +293,15 @@ class WorkerClient:
                 if self._eof:
                     return pending.wait(min(remaining, 5.0))  # the loss is being reported
                 if self._read_lock.acquire(blocking=False):
+                    poll = self._POLL_MIN_S
                     try:
                         if not self._pump(min(remaining, 0.05)):
                             break
                     finally:
                         self._read_lock.release()
                 else:
-                    pending.wait(min(remaining, 0.002))
+                    pending.wait(min(remaining, poll))
+                    poll = min(poll * 2, self._POLL_MAX_S)
         finally:
             self._last_sync = time.monotonic()
         if self._eof and not pending.done:
@@ -320,6 +329,8 @@ class WorkerClient:
     # while the client is idle or used asynchronously, a synchronous caller while it waits
     # for its answer. Whoever reads dispatches every frame to whom it belongs.
     _PARK_S = 0.02  # the background reader stays off the pipe this long after a caller read
+    _POLL_MIN_S = 0.002  # a waiting caller's first poll for the read role
+    _POLL_MAX_S = 0.01
 
     def _read_loop(self) -> None:
         while not self._eof:
