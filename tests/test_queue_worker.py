@@ -192,7 +192,7 @@ def test_a_full_queue_refuses_a_batch_and_concurrency_scales_with_status_events(
     with WorkerClient(worker_argv).start() as c:
         c.request("queue.configure", {"capacity": 3, "concurrency": 1, "max_concurrency": 2, "scale_up_depth": 2,
                                       "scale_down_idle_s": 0.3})
-        jobs = [c.submit("job.run", _sleep_job(0.2)) for _ in range(4)]
+        jobs = [c.submit("job.run", _sleep_job(0.5)) for _ in range(5)]  # 2 run, at least 2 wait for 0.5 s
         time.sleep(0.05)
         with pytest.raises(WorkerError) as info:
             c.request("batch.run", {"items": [{"op": "echo"}] * 5})

@@ -96,7 +96,8 @@ class JobParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class JobInfo(msgspec.Struct):
     seq: int  # admission order
-    depth_at_admission: int  # jobs waiting ahead of it (its queue position), batch reservations included
+    depth_at_admission: int  # jobs waiting when it was admitted (any priority)
+    running_at_admission: int  # jobs in service when it was admitted
     queue_s: float
     run_s: float
     enqueued_s: float  # worker clock, seconds since the queue was configured

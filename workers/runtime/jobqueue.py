@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRACE_MAX = 200_000  # finished jobs remembered for queue.trace (a bounded ring)
+TRACE_MAX = 20_000  # finished jobs remembered for queue.trace (a bounded ring, ~4 MB)
 SERVICE_WINDOW = 50  # run times the service-time estimate averages
 NO_SAMPLE_SERVICE_S = 0.1  # the estimate before any job has finished and none is running
 
@@ -53,7 +53,7 @@ class Job:
     receives (job, result, exception) exactly once, from whichever thread ends the job."""
 
     __slots__ = ("counted", "ctx", "deadline", "depth_at_admission", "ended", "enqueued", "finish", "key", "op",
-                 "priority", "seq", "slot", "started", "state", "work")
+                 "priority", "running_at_admission", "seq", "slot", "started", "state", "work")
 
     def __init__(self, key: str, op: str, priority: int, ctx: RequestContext, work: Callable[[Job], Any],
                  finish: Finish, counted: bool) -> None:
@@ -62,7 +62,7 @@ class Job:
         self.seq = -1
         self.state = "new"  # new | queued | running | done
         self.enqueued = self.started = self.ended = 0.0
-        self.depth_at_admission = 0
+        self.depth_at_admission = self.running_at_admission = 0
         self.slot = -1
         self.deadline = ctx.deadline
 
@@ -190,6 +190,7 @@ class JobQueue:
                 self._counts["rejected"] += 1
                 return self.retry_after_s()
             job.depth_at_admission = self._depth  # jobs waiting when it arrived
+            job.running_at_admission = self._running
             self._push(job)
             scaled = self._maybe_scale_up()
             self._cv.notify()

@@ -146,7 +146,7 @@ class QueueRuntime:
 
 
 def _info(job: Job, queue: JobQueue) -> JobInfo:
-    return JobInfo(job.seq, job.depth_at_admission, round(job.started - job.enqueued, 6),
+    return JobInfo(job.seq, job.depth_at_admission, job.running_at_admission, round(job.started - job.enqueued, 6),
                    round(queue.now() - job.started, 6), round(job.enqueued, 6), round(job.started, 6), job.slot)
 
 
