@@ -15,7 +15,7 @@ system-deps:
 	@if ldconfig -p | grep -q 'libvulkan.so.1' && ldconfig -p | grep -q 'libomp.so.5'; then echo 'system-deps: present'; \
 	else apt-get install -y -q libvulkan1 libomp5 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libvulkan1 libomp5 >/dev/null); fi
 
-.PHONY: system-deps setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models dev summary report clean
+.PHONY: system-deps setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models bench-postprocess bench-queue bench-sessions dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,17 @@ bench-load: setup
 
 bench-models: setup models
 	$(BIN)/python -m workers.bench.inference --root $(MODEL_ROOT)
+
+# Issue 6: Real-ESRGAN against the classical upscaler per size; admission through the job queue at
+# 1,000 requests per second against the same op without it; session creation and cleanup times.
+bench-postprocess: setup
+	$(BIN)/python -m workers.bench.postprocess
+
+bench-queue: setup models
+	$(BIN)/python -m workers.bench.queue
+
+bench-sessions: setup
+	$(BIN)/python -m workers.bench.sessions
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml

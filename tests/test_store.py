@@ -71,6 +71,9 @@ def test_two_processes_finishing_at_once_lose_nothing(tmp_path: Path) -> None:
         p.join(120)
         assert p.exitcode == 0
     store = MetricsStore(path)
+    # A writer that could not get the lock within its timeout (a loaded machine) stages its case
+    # beside the store instead of losing it; merging brings it in. Nothing may be missing after that.
+    store.merge_staged()
     assert store.query("SELECT count(*) AS n FROM samples").n[0] == 4 * 5000
     assert store.query("SELECT count(*) AS n FROM v_runs").n[0] == 4
 
