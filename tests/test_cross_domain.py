@@ -17,6 +17,7 @@ from hybrid_assets.harness.results import Recorder
 from hybrid_assets.runners import RunnerContext, runner_spec
 from hybrid_assets.runners.cross_domain_link import INBOUND_DAMAGE, OUTBOUND_DAMAGE
 from hybrid_assets.runners.model_support import ensure_models
+from tests.runner_harness import run_runner, values
 from workers.host import WorkerClient
 from workers.host.errors import WorkerError
 from workers.host.failover import ModelFallback, Timeline, WorkerFailover
@@ -130,19 +131,7 @@ def test_lost_primary_worker_hands_its_models_to_the_standby(worker_argv: list[s
 
 
 # ---- the runners with tiny params ----------------------------------------------------------------
-def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
-    spec.fn(ctx)
-    assert {s.metric for s in rec.samples} <= spec.metrics
-    return rec
-
-
-def _values(rec: Recorder, metric: str) -> list[float]:
-    return [s.value for s in rec.samples if s.metric == metric]
+_run, _values = run_runner, values
 
 
 @pytest.mark.subprocess

@@ -3,15 +3,15 @@ declared, each sample carries what its catalog line says, and nothing is left in
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 import pytest
 
 from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
+from hybrid_assets.runners import runner_spec
 from hybrid_assets.runners.planned import planned_runners
+from tests.runner_harness import run_runner
 
 pytestmark = pytest.mark.subprocess
 
@@ -21,14 +21,8 @@ RUNNERS = ["postprocessing.upscaling_latency", "postprocessing.upscaling_quality
 
 
 def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
     before = _segments()
-    spec.fn(ctx)
-    assert {s.metric for s in rec.samples} <= spec.metrics
+    rec = run_runner(runner, params, worker_argv)
     assert _segments() - before == set()  # every segment published or delivered was released
     return rec
 

@@ -5,14 +5,11 @@ params, producing only its declared metrics, with nothing lost."""
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 import msgspec
 import pytest
 
-from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
 from hybrid_assets.runners.batch_scheduling import (
     aggregation_errors,
     analyse_dispatch,
@@ -23,6 +20,7 @@ from hybrid_assets.runners.batch_scheduling import (
 from hybrid_assets.runners.batch_support import BatchCall
 from hybrid_assets.runners.queue_burst import schedule
 from hybrid_assets.runners.queue_overflow import HIGH, NORMAL, _inversions, _late_rejections
+from tests.runner_harness import run_runner, values
 
 
 def _entry(key: str, prio: int, enq: float, start: float | None, end: float, slot: int = 0,
@@ -134,19 +132,7 @@ def test_burst_schedule_spaces_onsets_by_the_interval() -> None:
 
 # ---- against real workers ---------------------------------------------------------------------------------
 
-def _run(runner: str, params: dict[str, Any], argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    spec.fn(RunnerContext(f"test-{runner}", "smoke", params, None, argv, rec,  # type: ignore[arg-type]
-                          logging.getLogger("test")))
-    produced = {s.metric for s in rec.samples} | set(rec.skips)
-    assert produced <= spec.metrics, produced - spec.metrics
-    return rec
-
-
-def _values(rec: Recorder, metric: str) -> list[float]:
-    return [s.value for s in rec.samples if s.metric == metric]
+_run, _values = run_runner, values
 
 
 @pytest.mark.subprocess

@@ -4,16 +4,16 @@ is touched, the policy oracle agrees with the engine, labels come through)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
 
 from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
+from hybrid_assets.runners import runner_spec
 from hybrid_assets.runners.planned import planned_runners
 from hybrid_assets.runners.safety_bench import expected_decision
 from hybrid_assets.runners.safety_failure import spread
+from tests.runner_harness import run_runner, values
 
 pytestmark = pytest.mark.subprocess
 
@@ -24,19 +24,9 @@ SAFETY_RUNNERS = ["postprocessing.safety_validation_load", "postprocessing.safet
 
 
 def run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
-    spec.fn(ctx)
-    assert {s.metric for s in rec.samples} <= spec.metrics
+    rec = run_runner(runner, params, worker_argv)
     assert "stand-in concept" in str(rec.notes)
     return rec
-
-
-def values(rec: Recorder, metric: str) -> list[float]:
-    return [s.value for s in rec.samples if s.metric == metric]
 
 
 def test_every_safety_runner_is_written_with_at_least_its_planned_metrics() -> None:

@@ -3,23 +3,19 @@ planned entry is produced, and what they measure on a healthy runtime is what it
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
 
 from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
+from hybrid_assets.runners import runner_spec
 from hybrid_assets.runners.planned import planned_runners
+from tests.runner_harness import run_runner
 
 
 def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    rec = Recorder()
-    spec = runner_spec(runner)
-    assert spec.fn is not None and planned_runners()[runner] <= spec.metrics
-    spec.fn(RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                          logging.getLogger("test")))
-    return rec
+    assert planned_runners()[runner] <= runner_spec(runner).metrics
+    return run_runner(runner, params, worker_argv)
 
 
 def test_runners_refuse_unknown_parameters_by_name() -> None:
