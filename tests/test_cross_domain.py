@@ -15,7 +15,7 @@ import pytest
 
 from hybrid_assets.harness.results import Recorder
 from hybrid_assets.runners import RunnerContext, runner_spec
-from hybrid_assets.runners.cross_domain_link import INBOUND_DAMAGE, OUTBOUND_DAMAGE
+from hybrid_assets.runners.cross_domain_link import INBOUND_DAMAGE, OUTBOUND_DAMAGE, settled_status
 from hybrid_assets.runners.model_support import ensure_models
 from tests.runner_harness import run_runner, values
 from workers.host import WorkerClient
@@ -80,7 +80,7 @@ def test_damaged_frames_either_way_are_refused_and_the_link_resyncs(worker_argv:
         for line in INBOUND_DAMAGE:
             client.write_raw(line)
         assert client.request("echo", {"payload": "in"}) == {"payload": "in"}
-        after = client.request("status")
+        after = settled_status(client, before["handled"] + 1)
         assert after["protocol_errors"] - before["protocol_errors"] == len(INBOUND_DAMAGE)
         assert after["handled"] - before["handled"] == 1  # the echo alone: nothing damaged was run
         errors = client.protocol_errors

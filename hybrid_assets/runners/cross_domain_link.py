@@ -147,7 +147,7 @@ def _json_corruption(ctx: RunnerContext, failures: int, per_failure: int) -> Non
             for line in inbound:
                 client.write_raw(line)
             probe = client.request("echo", {"payload": f"resync-in-{k}"}, timeout=30)
-            after = client.request("status", timeout=30)
+            after = settled_status(client, before["handled"] + 1)
             refused = after["protocol_errors"] - before["protocol_errors"]
             # handled counts the work requests it answered: the echo probe (status is a control op).
             executed = after["handled"] - before["handled"] - 1
@@ -180,6 +180,17 @@ def _json_corruption(ctx: RunnerContext, failures: int, per_failure: int) -> Non
             rec.note(f"episode_{k}", {"inbound_sent": len(inbound), "inbound_refused": refused,
                                       "inbound_executed": executed, "outbound_sent": len(outbound),
                                       "outbound_dropped": dropped})
+
+
+def settled_status(client: WorkerClient, handled_at_least: int, timeout: float = 5.0) -> dict[str, Any]:
+    """The worker's status once its ``handled`` counter has caught up with the answers already read
+    (it counts a request after answering it, so a status right after an answer can be one behind)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.request("status", timeout=30)
+        if status["handled"] >= handled_at_least or time.monotonic() > deadline:
+            return status
+        time.sleep(0.005)
 
 
 def _result_or_none(pending: Any) -> Any:
