@@ -73,7 +73,8 @@ def test_enhancement_latency_batch_and_quality(worker_argv: list[str]) -> None:
     ratios = [s for s in rec.samples if s.metric == "batch_enhancement_efficiency_ratio"]
     assert [s.labels["batch"] for s in ratios] == [2, 4]
     for s in ratios:
-        assert s.value == pytest.approx(s.labels["batch"] * s.labels["t1_s"] / s.labels["tn_s"], rel=1e-3)
+        # the labels carry t1 and tn rounded to 10 us: at a few ms each that is up to ~0.5 % of the ratio
+        assert s.value == pytest.approx(s.labels["batch"] * s.labels["t1_s"] / s.labels["tn_s"], rel=1e-2)
 
     rec = _run("postprocessing.enhancement_quality",
                {"levels": ["standard"], "input_types": ["complex_images"], "images_per_type": 2, "image_px": 32,
