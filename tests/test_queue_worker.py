@@ -119,6 +119,18 @@ def test_a_timed_out_batch_keeps_its_completed_items_and_resumes(worker_argv: li
         assert c.request("queue.stats")["reserved"] == 0  # every batch gave its window back
 
 
+def test_a_cancelled_batch_whose_items_all_wait_says_it_was_cancelled(worker_argv: list[str]) -> None:
+    with WorkerClient(worker_argv).start() as c:
+        blocker = c.submit("job.run", _sleep_job(0.5))
+        time.sleep(0.1)
+        batch = c.submit("batch.run", {"items": [_sleep_job(0.1), _sleep_job(0.1)]})
+        time.sleep(0.1)
+        c.request("cancel", {"target": batch.id})
+        out = _outcome(batch)
+        assert (out["stopped"], out["not_run"], out["pending"], out["complete"]) == ("cancelled", 2, [0, 1], False)
+        assert not isinstance(_outcome(blocker), WorkerError)
+
+
 def test_batch_resumes_on_a_replacement_after_the_worker_is_killed(worker_argv: list[str]) -> None:
     clients: list[WorkerClient] = []
 
@@ -179,6 +191,8 @@ def test_bad_input_is_named_and_the_worker_keeps_serving(worker_argv: list[str])
             ("batch.run", {"items": [{"op": "echo"}, {"op": "echo", "steps": []}]}, 5, ErrorCode.INVALID_PARAMS,
              "batch item 1: give either op or steps, not both"),
             ("batch.run", {"items": []}, 5, ErrorCode.INVALID_PARAMS, "1..10000 items"),
+            ("batch.run", {"items": [{"op": "echo"}], "images": "shm"}, 5, ErrorCode.INVALID_PARAMS,
+             "images 'shm' needs include_results"),
         ]
         for op, params, prio, code, words in cases:
             with pytest.raises(WorkerError) as info:

@@ -73,6 +73,8 @@ def prepare(table: OpTable, p: BatchParams) -> list[Item]:
     is named (by its index) before anything is admitted."""
     if not 1 <= len(p.items) <= MAX_BATCH_ITEMS:
         raise ValueError(f"a batch needs 1..{MAX_BATCH_ITEMS} items, got {len(p.items)}")
+    if p.images == "shm" and not p.include_results:
+        raise ValueError("images 'shm' needs include_results: the host takes each image from its item's result")
     indices = p.indices if p.indices is not None else list(range(len(p.items)))
     if len(indices) != len(p.items):
         raise ValueError(f"indices has {len(indices)} entries for {len(p.items)} items")
@@ -212,7 +214,7 @@ class Batch:
             self._feed()
             finished = self._done == len(self.items)
         if finished:
-            self._answer("")
+            self._answer(self._stopped)  # the last in-flight item of a stopping batch may end it first
 
     def stop(self, reason: str) -> None:
         with self._lock:
