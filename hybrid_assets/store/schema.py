@@ -1,7 +1,10 @@
 """DuckDB schema of the metrics store. Tables are the record; views are the analysts'
 contract (documented in docs/analysts.md) and stay stable as tables evolve."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2: runs.run_key (a re-run of the same build, testbed and profile replaces its results),
+# baselines (pinned per testbed and profile), regressions (findings against a baseline),
+# superseded (what a re-run replaced).
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -13,7 +16,8 @@ CREATE TABLE IF NOT EXISTS testbeds (
     memory_bytes BIGINT, gpus VARCHAR, fingerprint JSON, first_seen TIMESTAMP);
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, build_id VARCHAR, testbed_id VARCHAR, profile VARCHAR,
-    dagster_run_id VARCHAR, worker_cmd VARCHAR, started_at TIMESTAMP, last_write_at TIMESTAMP);
+    dagster_run_id VARCHAR, worker_cmd VARCHAR, started_at TIMESTAMP, last_write_at TIMESTAMP,
+    run_key VARCHAR);
 CREATE TABLE IF NOT EXISTS case_results (
     run_id VARCHAR, case_id VARCHAR, part INTEGER, section VARCHAR, also_covers VARCHAR,
     domain VARCHAR, title VARCHAR, verdict VARCHAR, reason VARCHAR, error VARCHAR,
@@ -30,6 +34,23 @@ CREATE TABLE IF NOT EXISTS expectation_results (
     spec_section VARCHAR, spec_text VARCHAR, metric VARCHAR, statistic VARCHAR,
     comparison VARCHAR, threshold DOUBLE, observed DOUBLE, unit VARCHAR, sample_count INTEGER,
     verdict VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS baselines (
+    testbed_id VARCHAR, profile VARCHAR, build_id VARCHAR, pinned_at TIMESTAMP, note VARCHAR,
+    PRIMARY KEY (testbed_id, profile));
+CREATE TABLE IF NOT EXISTS superseded (
+    run_key VARCHAR, case_id VARCHAR, old_run_id VARCHAR, new_run_id VARCHAR, superseded_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS regressions (
+    run_id VARCHAR, case_id VARCHAR, metric VARCHAR, testbed_id VARCHAR, profile VARCHAR,
+    build_id VARCHAR, baseline_build_id VARCHAR, baseline_source VARCHAR, direction VARCHAR,
+    statistic VARCHAR, baseline_value DOUBLE, current_value DOUBLE, change_ratio DOUBLE,
+    ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, baseline_samples INTEGER,
+    current_samples INTEGER, step_build_id VARCHAR, step_ratio DOUBLE, history_builds INTEGER,
+    verdict VARCHAR, detail VARCHAR, detected_at TIMESTAMP);
+"""
+
+# Columns added after v1, applied to an older file on open (nothing is dropped or rewritten).
+MIGRATIONS = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS run_key VARCHAR;
 """
 
 VIEWS = """
