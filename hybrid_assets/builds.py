@@ -47,6 +47,11 @@ class BuildInfo:
         return cls(build_id, version, None, manifest, _sha(manifest))
 
 
+def default_run_key(build_id: str, testbed_id: str, profile: str) -> str:
+    """One result set per build, testbed and profile: a re-run replaces, never duplicates."""
+    return f"{build_id}/{testbed_id}/{profile}"
+
+
 def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 

@@ -19,7 +19,9 @@ from hybrid_assets.testbed import Testbed
 TESTBED = Testbed("tb-test", "host", "cpu", 2, 1 << 30, "none", {"cpu": "cpu"})
 
 
-def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS) -> dict:
+def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS, key: str | None = "") -> dict:
+    """One case of one run; each run id is its own run key unless ``key`` says otherwise
+    (None: the default key, build/testbed/profile)."""
     case = load_catalog()[0]
     rec = Recorder()
     for i in range(n_samples):
@@ -30,7 +32,7 @@ def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS) 
     outcome = CaseOutcome(case.id, verdict, "reason", dt.datetime(2026, 12, 4), 1.5, rec.samples,
                           summarize(rec.samples), [line], {}, {"k": "v"})
     run = RunInfo(run_id, BuildInfo.local("0.1.0"), TESTBED, "smoke", ["python", "-m", "workers"],
-                  dt.datetime(2026, 12, 4))
+                  dt.datetime(2026, 12, 4), key=run_id if key == "" else key)
     return case_payload(run, case, outcome)
 
 

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS baselines (
     testbed_id VARCHAR, profile VARCHAR, build_id VARCHAR, pinned_at TIMESTAMP, note VARCHAR,
     PRIMARY KEY (testbed_id, profile));
 CREATE TABLE IF NOT EXISTS superseded (
-    run_key VARCHAR, case_id VARCHAR, old_run_id VARCHAR, new_run_id VARCHAR, superseded_at TIMESTAMP);
+    run_key VARCHAR, case_id VARCHAR, old_run_id VARCHAR, new_run_id VARCHAR, old_verdict VARCHAR,
+    superseded_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS regressions (
     run_id VARCHAR, case_id VARCHAR, metric VARCHAR, testbed_id VARCHAR, profile VARCHAR,
     build_id VARCHAR, baseline_build_id VARCHAR, baseline_source VARCHAR, direction VARCHAR,
@@ -56,7 +57,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS run_key VARCHAR;
 VIEWS = """
 CREATE OR REPLACE VIEW v_runs AS
 SELECT r.run_id, r.build_id, b.version AS build_version, r.testbed_id, r.profile,
-       r.dagster_run_id, r.worker_cmd, r.started_at, r.last_write_at,
+       r.dagster_run_id, r.worker_cmd, r.started_at, r.last_write_at, r.run_key,
        count(c.case_id) AS cases,
        count(*) FILTER (WHERE c.verdict = 'PASS') AS passed,
        count(*) FILTER (WHERE c.verdict = 'FAIL') AS failed,
@@ -81,6 +82,26 @@ SELECT e.run_id, r.build_id, r.testbed_id, r.profile, e.case_id, e.check_name AS
        e.spec_section, e.spec_text, e.metric, e.statistic, e.comparison, e.threshold, e.observed,
        e.unit, e.sample_count, e.verdict, e.verdict = 'PASS' AS passed, e.detail
 FROM expectation_results e JOIN runs r USING (run_id);
+
+-- Builds in the order they were first seen (build_seq 1 is the oldest): "across builds" means
+-- this order.
+CREATE OR REPLACE VIEW v_builds AS
+SELECT build_id, version, worker_cmd, content_sha256, registered_at,
+       row_number() OVER (ORDER BY registered_at, build_id) AS build_seq
+FROM builds;
+
+CREATE OR REPLACE VIEW v_samples AS
+SELECT s.run_id, r.build_id, r.testbed_id, r.profile, s.case_id, s.seq, s.metric, s.value, s.unit,
+       s.t_s, s.labels
+FROM samples s JOIN runs r USING (run_id);
+
+CREATE OR REPLACE VIEW v_regressions AS
+SELECT g.run_id, g.build_id, b.build_seq, g.testbed_id, g.profile, g.case_id, g.metric,
+       g.direction, g.statistic, g.baseline_build_id, g.baseline_source, g.baseline_value,
+       g.current_value, g.change_ratio, g.ci_low, g.ci_high, g.p_value, g.baseline_samples,
+       g.current_samples, g.step_build_id, g.step_ratio, g.history_builds, g.verdict, g.detail,
+       g.detected_at
+FROM regressions g LEFT JOIN v_builds b USING (build_id);
 """
 
-VIEW_NAMES = ("v_runs", "v_verdicts", "v_metrics", "v_expectations")
+VIEW_NAMES = ("v_runs", "v_verdicts", "v_metrics", "v_expectations", "v_builds", "v_samples", "v_regressions")

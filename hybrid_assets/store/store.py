@@ -5,6 +5,11 @@ writers too. So a write connection is held only for the transaction that stores 
 a locked file is retried with bounded back-off; and a case that still cannot be written is
 staged as a JSON file beside the database and merged by the next write that gets through,
 so nothing measured is lost.
+
+A run carries a run key (by default build/testbed/profile). Writing a case under a run key
+replaces what an earlier run with the same key stored for that case (recorded in
+``superseded``), so re-running a build does not duplicate its results. A build id is bound to
+its manifest's content: a second manifest with the same id and other content is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any, Union
 import duckdb
 import pandas as pd
 
-from hybrid_assets.store.schema import SCHEMA_VERSION, TABLES, VIEWS
+from hybrid_assets.builds import default_run_key
+from hybrid_assets.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,14 @@ def default_store_path() -> Path:
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc)
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+class BuildConflictError(ValueError):
+    """A build id is already registered with different manifest content."""
+
+
+class UnknownBuildError(LookupError):
+    """A build id (e.g. a baseline to pin) names no build in the store."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,9 @@ class MetricsStore:
             con.execute("INSERT INTO schema_info VALUES (?)", [SCHEMA_VERSION])
         elif row[0] > SCHEMA_VERSION:
             raise RuntimeError(f"store schema v{row[0]} is newer than this code (v{SCHEMA_VERSION})")
+        elif row[0] < SCHEMA_VERSION:
+            con.execute(MIGRATIONS)
+            con.execute("UPDATE schema_info SET version = ?", [SCHEMA_VERSION])
         con.execute(VIEWS)
 
     # ---- writing ----------------------------------------------------------------------
@@ -133,7 +150,13 @@ class MetricsStore:
             except (OSError, json.JSONDecodeError) as exc:
                 log.error("staged file %s is unreadable, left in place: %s", path, exc)
                 continue
-            self._write(con, payload)
+            try:
+                self._write(con, payload)
+            except BuildConflictError as exc:  # never retried forever, never overwriting the registered build
+                rejected = path.with_suffix(".rejected")
+                path.replace(rejected)
+                log.error("staged file %s conflicts with a registered build, set aside as %s: %s", path, rejected, exc)
+                continue
             path.unlink()
             merged += 1
         return merged
@@ -147,9 +170,10 @@ class MetricsStore:
     def _write(con: Any, p: dict[str, Any]) -> None:
         run, build, testbed, case = p["run"], p["build"], p["testbed"], p["case"]
         run_id, case_id = run["run_id"], case["case_id"]
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = _now()
         con.execute("BEGIN TRANSACTION")
         try:
+            _check_build(con, build["build_id"], build["content_sha256"])
             con.execute(
                 "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [build["build_id"], build["version"], build.get("worker_cmd"), json.dumps(build["manifest"]),
@@ -158,12 +182,14 @@ class MetricsStore:
                 "INSERT INTO testbeds VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [testbed["testbed_id"], testbed["hostname"], testbed["cpu"], testbed["cpu_cores"],
                  testbed["memory_bytes"], testbed["gpus"], json.dumps(testbed["fingerprint"]), now])
+            run_key = run.get("run_key") or default_run_key(build["build_id"], testbed["testbed_id"], run["profile"])
             con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (run_id) DO UPDATE SET last_write_at = excluded.last_write_at",
                 [run_id, build["build_id"], testbed["testbed_id"], run["profile"], run.get("dagster_run_id"),
-                 run["worker_cmd"], run["started_at"], now])
-            for table in ("case_results", "samples", "metrics", "expectation_results"):
+                 run["worker_cmd"], run["started_at"], now, run_key])
+            _supersede(con, run_key, run_id, case_id, now)
+            for table in _CASE_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND case_id = ?", [run_id, case_id])
             con.execute(
                 "INSERT INTO case_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -182,10 +208,115 @@ class MetricsStore:
             con.execute("ROLLBACK")
             raise
 
+    # ---- builds, baselines, regression findings -----------------------------------------
+    def check_build(self, build_id: str, content_sha256: str) -> None:
+        """Raise ``BuildConflictError`` if ``build_id`` is registered with other content."""
+        if not self.path.exists():
+            return
+        with self._local, self._connect(read_only=True) as con:
+            self._ensure_readable(con)
+            _check_build(con, build_id, content_sha256)
+
+    def pin_baseline(self, testbed_id: str, profile: str, build_id: str, note: str = "") -> None:
+        """Make ``build_id`` the baseline of every comparison on this testbed and profile."""
+        with self._local, self._connect() as con:
+            self._ensure_schema(con)
+            known = con.execute("SELECT count(*) FROM builds WHERE build_id = ?", [build_id]).fetchone()[0]
+            if not known:
+                near = [r[0] for r in con.execute("SELECT build_id FROM builds ORDER BY registered_at DESC LIMIT 5")
+                        .fetchall()]
+                raise UnknownBuildError(f"cannot pin baseline {build_id!r}: no such build in {self.path} "
+                                        f"(latest builds: {near or 'none'}); nothing was changed")
+            con.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?, ?)",
+                        [testbed_id, profile, build_id, _now(), note])
+
+    def unpin_baseline(self, testbed_id: str, profile: str) -> bool:
+        with self._local, self._connect() as con:
+            self._ensure_schema(con)
+            n = con.execute("SELECT count(*) FROM baselines WHERE testbed_id = ? AND profile = ?",
+                            [testbed_id, profile]).fetchone()[0]
+            con.execute("DELETE FROM baselines WHERE testbed_id = ? AND profile = ?", [testbed_id, profile])
+            return bool(n)
+
+    def pinned_baseline(self, testbed_id: str, profile: str) -> Union[str, None]:
+        if not self.path.exists():
+            return None
+        with self._local, self._connect(read_only=True) as con:
+            self._ensure_readable(con)
+            row = con.execute("SELECT build_id FROM baselines WHERE testbed_id = ? AND profile = ?",
+                              [testbed_id, profile]).fetchone()
+            return row[0] if row else None
+
+    def write_regressions(self, run_id: str, case_id: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the regression findings of one run and case (one transaction)."""
+        now = _now()
+        frame = pd.DataFrame.from_records(
+            [{**{c: r.get(c) for c in _REGRESSION_COLUMNS}, "run_id": run_id, "case_id": case_id,
+              "detected_at": r.get("detected_at") or now} for r in rows],
+            columns=["run_id", "case_id", *_REGRESSION_COLUMNS, "detected_at"])
+        with self._local, self._connect() as con:
+            self._ensure_schema(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM regressions WHERE run_id = ? AND case_id = ?", [run_id, case_id])
+                if len(frame):
+                    con.register("_incoming", frame)
+                    try:
+                        con.execute("INSERT INTO regressions SELECT * FROM _incoming")
+                    finally:
+                        con.unregister("_incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _ensure_readable(con: Any) -> None:
+        version = con.execute("SELECT max(version) FROM schema_info").fetchone()[0]
+        if version is not None and version < SCHEMA_VERSION:
+            raise RuntimeError(f"store schema v{version} is older than this code (v{SCHEMA_VERSION}); "
+                               "any write (a run, or `python -m hybrid_assets migrate`) upgrades it")
+
     # ---- reading ----------------------------------------------------------------------
     def query(self, sql: str, params: Union[list[Any], None] = None) -> pd.DataFrame:
         with self._local, self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
+
+
+_CASE_TABLES = ("case_results", "samples", "metrics", "expectation_results", "regressions")
+_REGRESSION_COLUMNS = (
+    "metric", "testbed_id", "profile", "build_id", "baseline_build_id", "baseline_source", "direction",
+    "statistic", "baseline_value", "current_value", "change_ratio", "ci_low", "ci_high", "p_value",
+    "baseline_samples", "current_samples", "step_build_id", "step_ratio", "history_builds", "verdict", "detail")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _check_build(con: Any, build_id: str, content_sha256: str) -> None:
+    row = con.execute("SELECT content_sha256, registered_at FROM builds WHERE build_id = ?", [build_id]).fetchone()
+    if row is not None and row[0] != content_sha256:
+        raise BuildConflictError(
+            f"build id {build_id!r} is already registered (since {row[1]:%Y-%m-%d %H:%M:%S} UTC) with other "
+            f"content (manifest sha256 {row[0][:12]}..., this one {content_sha256[:12]}...); a build id names "
+            "one build: give the new build a new id. Nothing was written.")
+
+
+def _supersede(con: Any, run_key: str, run_id: str, case_id: str, now: dt.datetime) -> None:
+    """Remove what earlier runs with the same key stored for this case, and say so."""
+    older = con.execute(
+        "SELECT c.run_id, c.verdict FROM case_results c JOIN runs r USING (run_id) "
+        "WHERE r.run_key = ? AND r.run_id <> ? AND c.case_id = ?", [run_key, run_id, case_id]).fetchall()
+    for old, old_verdict in older:
+        for table in _CASE_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE run_id = ? AND case_id = ?", [old, case_id])
+        # The old verdict is kept: a case whose verdict changes on a re-run of the same build is flaky.
+        con.execute("INSERT INTO superseded VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_key, case_id, old, run_id, old_verdict, now])
+        # A run left with no case is gone entirely (its key lives on in the newer run).
+        con.execute("DELETE FROM runs WHERE run_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM case_results WHERE run_id = ?)", [old, old])
 
 
 def _insert_frame(con: Any, table: str, run_id: str, case_id: str, rows: list[dict[str, Any]],
@@ -207,7 +338,8 @@ def _insert_frame(con: Any, table: str, run_id: str, case_id: str, rows: list[di
 def case_payload(run: Any, case: Any, outcome: Any) -> dict[str, Any]:
     """The JSON-able record of one case, as written (or staged)."""
     return {
-        "run": {"run_id": run.run_id, "profile": run.profile, "dagster_run_id": run.dagster_run_id,
+        "run": {"run_id": run.run_id, "run_key": run.run_key, "profile": run.profile,
+                "dagster_run_id": run.dagster_run_id,
                 "worker_cmd": " ".join(run.worker_cmd), "started_at": run.started_at.isoformat()},
         "build": {"build_id": run.build.build_id, "version": run.build.version,
                   "worker_cmd": " ".join(run.build.worker_cmd) if run.build.worker_cmd else None,
