@@ -89,3 +89,43 @@ def parse_manifest(path: Path, check_command: bool = True) -> BuildInfo:
         except WorkerCommandError as exc:
             raise ManifestError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
     return BuildInfo(build_id, version, worker_cmd, raw, _sha(raw))
+
+
+def find_manifest(build_id: str, folder: Union[Path, None] = None) -> Path:
+    """The manifest in the builds folder that names ``build_id`` (a run launched from the UI
+    for a build partition carries only the build id)."""
+    folder = folder or builds_dir()
+    if not folder.is_dir():
+        raise ManifestError(f"no manifest for build {build_id!r}: builds folder {folder} does not exist")
+    matches = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # the sensor reports unreadable manifests; here only a match matters
+        if isinstance(raw, dict) and raw.get("build_id") == build_id:
+            matches.append(path)
+    if not matches:
+        raise ManifestError(f"no manifest in {folder} names build {build_id!r}")
+    if len(matches) > 1:
+        contents = {_sha(json.loads(p.read_text(encoding="utf-8"))) for p in matches}
+        if len(contents) > 1:
+            raise ManifestError(f"build {build_id!r} is named by manifests with different content: "
+                                f"{[str(p) for p in matches]}; a build id names one build")
+    return matches[0]
+
+
+def resolve_build(partition_key: Union[str, None], manifest_path: Union[str, None], local_version: str,
+                  check_command: bool = False) -> BuildInfo:
+    """The build a run tests: its manifest (given, or found by the partition's build id), or the
+    local build. A manifest whose build id is not the run's partition is refused."""
+    if manifest_path:
+        build = parse_manifest(Path(manifest_path), check_command=check_command)
+        if partition_key and partition_key != build.build_id:
+            raise ManifestError(f"{manifest_path}: names build {build.build_id!r} but the run is for "
+                                f"build partition {partition_key!r}")
+        return build
+    local = BuildInfo.local(local_version)
+    if partition_key is None or partition_key == local.build_id:
+        return local
+    return parse_manifest(find_manifest(partition_key), check_command=check_command)

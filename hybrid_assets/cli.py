@@ -32,17 +32,21 @@ from hybrid_assets.store import MetricsStore, default_store_path
 def _run(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
+    import workers
+    from hybrid_assets.builds import BuildInfo, ManifestError, parse_manifest
     from hybrid_assets.dagster_defs.definitions import JOB_NAME
+    from hybrid_assets.dagster_defs.factory import RUN_KEY_TAG
+    from hybrid_assets.dagster_defs.partitions import ensure_build_partition
     from hybrid_assets.definitions import defs
+    from hybrid_assets.store import BuildConflictError
 
     resources: dict[str, Any] = {"profile": {"config": {"name": args.profile}}}
     if args.store:
         resources["metrics_store"] = {"config": {"path": args.store}}
     if args.worker_cmd:
         resources["worker_pool"] = {"config": {"worker_cmd": args.worker_cmd}}
+    build = BuildInfo.local(workers.__version__)
     if args.manifest:
-        from hybrid_assets.builds import ManifestError, parse_manifest
-
         try:
             build = parse_manifest(Path(args.manifest))
         except ManifestError as exc:
@@ -56,14 +60,21 @@ def _run(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    store = MetricsStore(Path(args.store) if args.store else default_store_path())
+    try:  # refused before anything runs: a build id names one build
+        store.check_build(build.build_id, build.content_sha256)
+    except BuildConflictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    ensure_build_partition(instance, build.build_id)
     job = defs.resolve_job_def(JOB_NAME)
     # Dagster's console at INFO: the step's own log lines, not every DEBUG engine event.
     run_config = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    tags = {"hybrid/launched_by": "cli", **({RUN_KEY_TAG: args.run_key} if args.run_key else {})}
     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                     asset_selection=[asset_key(c) for c in selected],
-                                    tags={"hybrid/launched_by": "cli"})
-    store = MetricsStore(Path(args.store) if args.store else default_store_path())
+                                    partition_key=build.build_id, tags=tags)
     _print_summary(store, result.run_id)
     if not result.success:
         print(f"\nthe Dagster run {result.run_id} failed; see its logs above", file=sys.stderr)
@@ -140,6 +151,8 @@ def main(argv: Union[list[str], None] = None) -> int:
     run.add_argument("--store", help="DuckDB file (default $HYBRID_DUCKDB_PATH or var/hybrid.duckdb)")
     run.add_argument("--worker-cmd", help="worker command line (default $HYBRID_WORKER_CMD or the bundled worker)")
     run.add_argument("--manifest", help="build manifest JSON naming the build under test")
+    run.add_argument("--run-key", help="results key (default build/testbed/profile: a re-run of the same build "
+                                       "replaces its results); give another to keep both, e.g. for flakiness studies")
     run.add_argument("--case", action="append", default=[], metavar="ID", help="select a case (repeatable)")
     run.add_argument("--section", action="append", default=[], metavar="X.Y", help="select a spec section")
     run.add_argument("--part", action="append", default=[], type=int, choices=(1, 2, 3, 4), help="select a part")

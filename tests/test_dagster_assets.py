@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckSeverity, Definitions, materialize
+from dagster import AssetCheckSeverity, DagsterInstance, Definitions, materialize
 
 from hybrid_assets.catalog import load_catalog
 from hybrid_assets.dagster_defs.definitions import JOB_NAME, build_definitions
@@ -38,7 +38,10 @@ def run(asset, store: Path, worker_cmd: str | None = None):
         "profile": ProfileResource(name="smoke"),
         "build": BuildResource(),
     }
-    return materialize([asset], resources=resources, raise_on_error=False)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("builds", ["local-0.1.0"])  # the local build (no manifest)
+    return materialize([asset], resources=resources, raise_on_error=False, instance=instance,
+                       partition_key="local-0.1.0")
 
 
 def test_definitions_load_with_asset_checks_job_and_sensor() -> None:
@@ -49,8 +52,16 @@ def test_definitions_load_with_asset_checks_job_and_sensor() -> None:
     assert "part1_workflows/cold_start_device_discovery" in keys
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
     assert {"discovery_time_p90_under_5s", "round_trip_p99_under_10ms", "zero_communication_errors"} <= checks
-    assert defs.resolve_job_def(JOB_NAME) is not None
+    job = defs.resolve_job_def(JOB_NAME)
+    assert job.partitions_def is not None and job.partitions_def.name == "builds"
     assert [s.name for s in repo.sensor_defs] == ["new_build_sensor"]
+    assert [s.name for s in repo.schedule_defs] == ["nightly_standard"]
+    spec_job = defs.resolve_job_def("hybrid_validation_spec")
+    assert spec_job.partitioned_config.get_run_config_for_partition_key("b1")["resources"]["profile"] == \
+        {"config": {"name": "spec"}}
+    # Every case sits in the testbed's pool: one case at a time per testbed, across runs.
+    pools = {repo.assets_defs_by_key[k].node_def.pool for k in repo.asset_graph.get_all_asset_keys()}
+    assert pools == {"testbed-local"}
 
 
 def test_healthy_worker_passes_and_the_views_hold_the_run(tmp_path: Path) -> None:
@@ -77,9 +88,10 @@ def test_healthy_worker_passes_and_the_views_hold_the_run(tmp_path: Path) -> Non
 
     store = MetricsStore(store_path)
     run_id = result.run_id
-    for view in VIEW_NAMES:
+    for view in set(VIEW_NAMES) - {"v_builds", "v_regressions"}:  # no run_id; no regression without a baseline
         rows = store.query(f"SELECT * FROM {view} WHERE run_id = ?", [run_id])
         assert len(rows) > 0, view
+    assert store.query("SELECT build_id, build_seq FROM v_builds").values.tolist() == [["local-0.1.0", 1]]
     lines = store.query("SELECT expectation, verdict FROM v_expectations WHERE run_id = ?", [run_id])
     assert dict(zip(lines.expectation, lines.verdict, strict=True))["gpu_compute_capability_valid"] == "SKIPPED"
     samples = store.query("SELECT count(*) AS n FROM samples WHERE run_id = ? AND metric = 'round_trip_s'", [run_id])

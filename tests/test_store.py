@@ -105,3 +105,63 @@ def _hold_lock(path: str, ready: object, release: object) -> None:
     ready.set()
     release.wait(60)
     con.close()
+
+
+def test_a_rerun_under_the_same_key_replaces_and_records_what_it_replaced(tmp_path: Path) -> None:
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.write_case(payload("run-1", 100, Verdict.PASS, key=None))  # default key: build/testbed/profile
+    store.write_case(payload("run-2", 40, Verdict.FAIL, key=None))   # the same build re-run
+    assert store.query("SELECT count(*) AS n FROM samples").n[0] == 40
+    runs = store.query("SELECT run_id, run_key FROM v_runs")
+    assert runs.run_id.tolist() == ["run-2"] and runs.run_key[0] == "local-0.1.0/tb-test/smoke"
+    sup = store.query("SELECT old_run_id, new_run_id, old_verdict FROM superseded")
+    assert sup.values.tolist() == [["run-1", "run-2", "PASS"]]
+    store.write_case(payload("run-3", 10, key="study-1"))  # another key keeps both
+    assert sorted(store.query("SELECT run_id FROM v_runs").run_id) == ["run-2", "run-3"]
+
+
+def test_a_build_id_reused_with_other_content_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None:
+    import pytest
+
+    from hybrid_assets.store import BuildConflictError
+
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.write_case(payload("run-1"))
+    other = payload("run-2")
+    other["build"] = {**other["build"], "manifest": {"build_id": "local-0.1.0", "version": "9"},
+                      "content_sha256": "f" * 64, "version": "9"}
+    with pytest.raises(BuildConflictError, match=r"already registered .* with other content"):
+        store.write_case(other)
+    with pytest.raises(BuildConflictError):
+        store.check_build("local-0.1.0", "f" * 64)
+    store.check_build("local-0.1.0", BuildInfo.local("0.1.0").content_sha256)  # the same content is fine
+    assert store.query("SELECT run_id FROM v_runs").run_id.tolist() == ["run-1"]
+    assert store.query("SELECT version FROM builds").version.tolist() == ["0.1.0"]
+
+
+def test_pinning_an_unknown_baseline_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from hybrid_assets.store import UnknownBuildError
+
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.write_case(payload("run-1"))
+    store.pin_baseline("tb-test", "smoke", "local-0.1.0", "known good")
+    with pytest.raises(UnknownBuildError, match=r"no such build .*latest builds: \['local-0.1.0'\].*nothing"):
+        store.pin_baseline("tb-test", "smoke", "nope")
+    assert store.pinned_baseline("tb-test", "smoke") == "local-0.1.0"
+    assert store.unpin_baseline("tb-test", "smoke") and store.pinned_baseline("tb-test", "smoke") is None
+
+
+def test_a_version_1_file_is_migrated_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER NOT NULL); INSERT INTO schema_info VALUES (1);"
+                "CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, build_id VARCHAR, testbed_id VARCHAR, "
+                "profile VARCHAR, dagster_run_id VARCHAR, worker_cmd VARCHAR, started_at TIMESTAMP, "
+                "last_write_at TIMESTAMP); INSERT INTO runs VALUES ('old', 'b0', 'tb', 'smoke', NULL, 'w', NULL, NULL)")
+    con.close()
+    store = MetricsStore(path)
+    store.write_case(payload("run-1"))
+    assert store.query("SELECT version FROM schema_info").version.tolist() == [2]
+    assert sorted(store.query("SELECT run_id FROM runs").run_id) == ["old", "run-1"]

@@ -18,6 +18,7 @@ from dagster import (
 )
 
 from hybrid_assets.catalog import Case
+from hybrid_assets.dagster_defs.partitions import BUILD_PARTITIONS
 from hybrid_assets.dagster_defs.resources import (
     BuildResource,
     MetricsStoreResource,
@@ -30,6 +31,7 @@ from hybrid_assets.harness.execute import execute_case
 from hybrid_assets.harness.results import CaseOutcome, ExpectationOutcome, Verdict
 
 KEY_METRIC_STATS = ("p50", "p90", "p99", "max", "count")
+RUN_KEY_TAG = "hybrid/run_key"  # a run tag that overrides the default run key (build/testbed/profile)
 
 
 def asset_key(case: Case) -> AssetKey:
@@ -66,8 +68,9 @@ def _metrics_table(outcome: CaseOutcome) -> str:
     return "\n".join(lines)
 
 
-def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
-    """An asset for one case; its checks are its suite's expectations."""
+def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> AssetsDefinition:
+    """An asset for one case, partitioned by build, in its testbed's concurrency pool; its checks
+    are its suite's expectations."""
     key = asset_key(case)
     checks = [AssetCheckSpec(name=e.check, asset=key,
                              description=f"spec {e.meta['spec_section']}: {e.meta['spec_text']}")
@@ -85,7 +88,8 @@ def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
         metadata={"runner": case.runner, "suite": case.suite, "spec_sections": sections},
     )
 
-    @multi_asset(name=f"{case.group}__{case.id}", specs=[spec], check_specs=checks, can_subset=True)
+    @multi_asset(name=f"{case.group}__{case.id}", specs=[spec], check_specs=checks, can_subset=True,
+                 partitions_def=BUILD_PARTITIONS, pool=pool)
     def _case_asset(
         context: AssetExecutionContext,
         worker_pool: WorkerPoolResource,
@@ -93,8 +97,12 @@ def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
         profile: ProfileResource,
         build: BuildResource,
     ) -> Iterator[MaterializeResult]:
-        info = run_info(context.run.run_id, build.info(), profile.resolve(), worker_pool.argv)
+        build_info = build.info(context.partition_key if context.has_partition_key else None)
         store = metrics_store.client()
+        # A build id bound to other content is refused before anything is measured or written.
+        store.check_build(build_info.build_id, build_info.content_sha256)
+        info = run_info(context.run.run_id, build_info, profile.resolve(), worker_pool.argv,
+                        context.run.tags.get(RUN_KEY_TAG))
         executed = execute_case(case, info, worker_pool.pool, store, context.log)
         out = executed.outcome
         metadata: dict[str, Any] = {
@@ -102,6 +110,7 @@ def build_case_asset(case: Case, suite: Suite) -> AssetsDefinition:
             "reason": out.reason,
             "profile": info.profile,
             "build_id": info.build.build_id,
+            "run_key": info.run_key,
             "testbed_id": info.testbed.testbed_id,
             "duration_s": round(out.duration_s, 3),
             "samples": len(out.samples),

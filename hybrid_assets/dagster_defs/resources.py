@@ -4,6 +4,7 @@ then, never at import."""
 
 
 import datetime as dt
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 import workers
-from hybrid_assets.builds import BuildInfo, parse_manifest
+from hybrid_assets.builds import BuildInfo, resolve_build
 from hybrid_assets.catalog import resolve_profile
 from hybrid_assets.run_info import RunInfo
 from hybrid_assets.store import MetricsStore, default_store_path
@@ -34,7 +35,7 @@ class WorkerPoolResource(ConfigurableResource):
     _argv: list[str] = PrivateAttr(default_factory=list)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._argv = resolve_worker_command(self.worker_cmd)
+        self._argv = resolve_worker_command(self.worker_cmd or _partition_worker_cmd(context))
         config = PoolConfig(size=self.size, missed_heartbeats=self.missed_heartbeats,
                             startup_timeout_s=self.startup_timeout_s, max_restarts=self.max_restarts)
         self._pool = WorkerPool(self._argv, config).start()
@@ -70,17 +71,28 @@ class ProfileResource(ConfigurableResource):
         return resolve_profile(self.name)
 
 
+def _partition_worker_cmd(context: InitResourceContext) -> Optional[str]:
+    """The worker a build partition's manifest names, for a run launched with only the build
+    id (from the UI, a schedule or a backfill); None: the configured or bundled worker."""
+    run = context.dagster_run
+    key = run.tags.get("dagster/partition") if run is not None else None
+    if not key:
+        return None
+    build = resolve_build(key, None, workers.__version__)
+    return shlex.join(build.worker_cmd) if build.worker_cmd else None
+
+
 class BuildResource(ConfigurableResource):
-    """What is being tested: a build manifest (set by the new-build sensor), or a local build."""
+    """What is being tested: a build manifest (set by the new-build sensor), the manifest of the
+    run's build partition, or the local build."""
 
     manifest_path: Optional[str] = None
 
-    def info(self) -> BuildInfo:
-        if not self.manifest_path:
-            return BuildInfo.local(workers.__version__)
-        return parse_manifest(Path(self.manifest_path), check_command=False)
+    def info(self, partition_key: Optional[str] = None) -> BuildInfo:
+        return resolve_build(partition_key, self.manifest_path, workers.__version__)
 
 
-def run_info(run_id: str, build: BuildInfo, profile: str, worker_argv: list[str]) -> RunInfo:
+def run_info(run_id: str, build: BuildInfo, profile: str, worker_argv: list[str],
+             run_key: Optional[str] = None) -> RunInfo:
     return RunInfo(run_id=run_id, build=build, testbed=fingerprint(), profile=profile, worker_cmd=worker_argv,
-                   started_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), dagster_run_id=run_id)
+                   started_at=dt.datetime.now(dt.UTC).replace(tzinfo=None), dagster_run_id=run_id, key=run_key)
