@@ -285,13 +285,11 @@ def _finding(ctx: q.RunContext, j: _Judged, cur: np.ndarray, base: np.ndarray, b
                  f"{ctx.testbed_id} / profile {ctx.profile}{own}")
     else:
         seed = (config.seed * 1_000_003 + zlib.crc32(j.metric.encode())) % 2**32
-        cmp = compare_samples(base, cur, lower_is_better=lower, location=j.location, confidence=config.confidence,
-                              resamples=config.resamples, seed=seed, min_samples=config.min_samples)
+        verdict, cmp = compare(base, cur, lower_is_better=lower, location=j.location, config=config, seed=seed)
         if not cmp.decidable:
             skipped = " (its expectations were SKIPPED on this testbed)" if j.skipped and cmp.current_n == 0 else ""
             words = f"{name} against baseline build {base_build} ({base_source}): {cmp.reason}{skipped}"
         else:
-            verdict = _verdict(cmp, lower, config)
             words = _comparison_words(name, j.unit, cmp, verdict, base_build, base_source, lower, config)
     drift, hist_builds, hist_ids, note = _drift(ctx, mh, j.location, qs, lower, config)
     step_build = step_ratio = None
@@ -323,7 +321,20 @@ def _get(cmp: Union[Comparison, None], field: str) -> Union[float, None]:
     return None if value is None else float(value)
 
 
-def _verdict(c: Comparison, lower: bool, config: RegressionConfig) -> Change:
+def compare(baseline: object, current: object, *, lower_is_better: bool = True, location: Location = 0.5,
+            config: RegressionConfig = RegressionConfig(), seed: Union[int, None] = None) -> tuple[Change, Comparison]:
+    """The direct comparison on raw samples alone (no store, no history): its verdict among
+    REGRESSED / IMPROVED / UNCHANGED / INVALID, and the figures behind it."""
+    c = compare_samples(baseline, current, lower_is_better=lower_is_better, location=location,
+                        confidence=config.confidence, resamples=config.resamples,
+                        seed=config.seed if seed is None else seed, min_samples=config.min_samples)
+    return (classify(c, lower_is_better, config) if c.decidable else Change.INVALID), c
+
+
+def classify(c: Comparison, lower: bool, config: RegressionConfig) -> Change:
+    """The module doc's rule on a decidable comparison."""
+    if not c.decidable:
+        return Change.INVALID
     assert c.ratio is not None and c.ci_low is not None and c.ci_high is not None
     up = c.ratio > 1 + config.rel_threshold and c.ci_low > 1
     down = c.ratio < 1 - config.rel_threshold and c.ci_high < 1
