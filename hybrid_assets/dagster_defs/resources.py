@@ -16,6 +16,7 @@ from hybrid_assets.builds import BuildInfo, resolve_build
 from hybrid_assets.catalog import resolve_profile
 from hybrid_assets.run_info import RunInfo
 from hybrid_assets.store import MetricsStore, default_store_path
+from hybrid_assets.store.parquet import ParquetCaseStore
 from hybrid_assets.testbed import fingerprint
 from workers.host.command import resolve_worker_command
 from workers.host.pool import PoolConfig, WorkerPool
@@ -59,8 +60,14 @@ class MetricsStoreResource(ConfigurableResource):
     path: Optional[str] = Field(
         default=None, description="DuckDB file; else $HYBRID_DUCKDB_PATH; else var/hybrid.duckdb")
     lock_timeout_s: float = Field(default=30.0, gt=0)
+    parquet_dir: Optional[str] = Field(
+        default=None, description="Write each case as Parquet files under this folder instead of the DuckDB file "
+                                  "(many machines or parallel steps at once; `python -m hybrid_assets ingest` "
+                                  "folds them into a DuckDB file)")
 
-    def client(self) -> MetricsStore:
+    def client(self) -> MetricsStore | ParquetCaseStore:
+        if self.parquet_dir:
+            return ParquetCaseStore(Path(self.parquet_dir))
         return MetricsStore(Path(self.path) if self.path else default_store_path(), self.lock_timeout_s)
 
 

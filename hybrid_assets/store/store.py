@@ -122,7 +122,7 @@ class MetricsStore:
                     attempts = 1
                     self._ensure_schema(con)
                     merged = self._merge_staged(con)  # older cases first: a later write wins
-                    self._write(con, payload)
+                    self.insert_case(con, payload)
                 return WriteReceipt("written", attempts, time.monotonic() - t0, merged_staged=merged)
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc):
@@ -151,7 +151,7 @@ class MetricsStore:
                 log.error("staged file %s is unreadable, left in place: %s", path, exc)
                 continue
             try:
-                self._write(con, payload)
+                self.insert_case(con, payload)
             except BuildConflictError as exc:  # never retried forever, never overwriting the registered build
                 rejected = path.with_suffix(".rejected")
                 path.replace(rejected)
@@ -161,19 +161,27 @@ class MetricsStore:
             merged += 1
         return merged
 
+    @contextmanager
+    def write_connection(self) -> Iterator[Any]:
+        """A write connection on an up-to-date schema, held for one unit of work."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._local, self._connect() as con:
+            self._ensure_schema(con)
+            yield con
+
     def merge_staged(self) -> int:
         with self._local, self._connect() as con:
             self._ensure_schema(con)
             return self._merge_staged(con)
 
     @staticmethod
-    def _write(con: Any, p: dict[str, Any]) -> None:
+    def insert_case(con: Any, p: dict[str, Any]) -> None:
         run, build, testbed, case = p["run"], p["build"], p["testbed"], p["case"]
         run_id, case_id = run["run_id"], case["case_id"]
-        now = _now()
+        now = utc_now()
         con.execute("BEGIN TRANSACTION")
         try:
-            _check_build(con, build["build_id"], build["content_sha256"])
+            check_build_content(con, build["build_id"], build["content_sha256"])
             con.execute(
                 "INSERT INTO builds VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [build["build_id"], build["version"], build.get("worker_cmd"), json.dumps(build["manifest"]),
@@ -188,8 +196,8 @@ class MetricsStore:
                 "ON CONFLICT (run_id) DO UPDATE SET last_write_at = excluded.last_write_at",
                 [run_id, build["build_id"], testbed["testbed_id"], run["profile"], run.get("dagster_run_id"),
                  run["worker_cmd"], run["started_at"], now, run_key])
-            _supersede(con, run_key, run_id, case_id, now)
-            for table in _CASE_TABLES:
+            supersede_case(con, run_key, run_id, case_id, now)
+            for table in CASE_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND case_id = ?", [run_id, case_id])
             con.execute(
                 "INSERT INTO case_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -215,7 +223,7 @@ class MetricsStore:
             return
         with self._local, self._connect(read_only=True) as con:
             self._ensure_readable(con)
-            _check_build(con, build_id, content_sha256)
+            check_build_content(con, build_id, content_sha256)
 
     def pin_baseline(self, testbed_id: str, profile: str, build_id: str, note: str = "") -> None:
         """Make ``build_id`` the baseline of every comparison on this testbed and profile."""
@@ -228,7 +236,7 @@ class MetricsStore:
                 raise UnknownBuildError(f"cannot pin baseline {build_id!r}: no such build in {self.path} "
                                         f"(latest builds: {near or 'none'}); nothing was changed")
             con.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?, ?)",
-                        [testbed_id, profile, build_id, _now(), note])
+                        [testbed_id, profile, build_id, utc_now(), note])
 
     def unpin_baseline(self, testbed_id: str, profile: str) -> bool:
         with self._local, self._connect() as con:
@@ -249,7 +257,7 @@ class MetricsStore:
 
     def write_regressions(self, run_id: str, case_id: str, rows: list[dict[str, Any]]) -> None:
         """Replace the regression findings of one run and case (one transaction)."""
-        now = _now()
+        now = utc_now()
         frame = pd.DataFrame.from_records(
             [{**{c: r.get(c) for c in _REGRESSION_COLUMNS}, "run_id": run_id, "case_id": case_id,
               "detected_at": r.get("detected_at") or now} for r in rows],
@@ -283,19 +291,20 @@ class MetricsStore:
             return con.execute(sql, params or []).df()
 
 
-_CASE_TABLES = ("case_results", "samples", "metrics", "expectation_results", "regressions")
+CASE_TABLES = ("case_results", "samples", "metrics", "expectation_results", "regressions")
 _REGRESSION_COLUMNS = (
     "metric", "testbed_id", "profile", "build_id", "baseline_build_id", "baseline_source", "direction",
     "statistic", "baseline_value", "current_value", "change_ratio", "ci_low", "ci_high", "p_value",
     "baseline_samples", "current_samples", "step_build_id", "step_ratio", "history_builds", "verdict", "detail")
 
 
-def _now() -> dt.datetime:
+def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _check_build(con: Any, build_id: str, content_sha256: str) -> None:
-    row = con.execute("SELECT content_sha256, registered_at FROM builds WHERE build_id = ?", [build_id]).fetchone()
+def check_build_content(con: Any, build_id: str, content_sha256: str) -> None:
+    rows = con.execute("SELECT content_sha256, registered_at FROM builds WHERE build_id = ?", [build_id]).fetchall()
+    row = rows[0] if rows else None
     if row is not None and row[0] != content_sha256:
         raise BuildConflictError(
             f"build id {build_id!r} is already registered (since {row[1]:%Y-%m-%d %H:%M:%S} UTC) with other "
@@ -303,13 +312,13 @@ def _check_build(con: Any, build_id: str, content_sha256: str) -> None:
             "one build: give the new build a new id. Nothing was written.")
 
 
-def _supersede(con: Any, run_key: str, run_id: str, case_id: str, now: dt.datetime) -> None:
+def supersede_case(con: Any, run_key: str, run_id: str, case_id: str, now: dt.datetime) -> None:
     """Remove what earlier runs with the same key stored for this case, and say so."""
     older = con.execute(
         "SELECT c.run_id, c.verdict FROM case_results c JOIN runs r USING (run_id) "
         "WHERE r.run_key = ? AND r.run_id <> ? AND c.case_id = ?", [run_key, run_id, case_id]).fetchall()
     for old, old_verdict in older:
-        for table in _CASE_TABLES:
+        for table in CASE_TABLES:
             con.execute(f"DELETE FROM {table} WHERE run_id = ? AND case_id = ?", [old, case_id])
         # The old verdict is kept: a case whose verdict changes on a re-run of the same build is flaky.
         con.execute("INSERT INTO superseded VALUES (?, ?, ?, ?, ?, ?)",
