@@ -7,6 +7,9 @@ findings), ``superseded`` (the earlier results this run replaced) and ``baseline
 the run's testbed and profile, if any), each ``<table>.parquet``. A table with no rows for the
 run still gets a file, with its columns, so a reader's query does not depend on what happened.
 
+This is the export of a run from a DuckDB file. The layout that many machines write at once
+(one Parquet file per table and case) is ``hybrid_assets.store.parquet``.
+
 The store is opened read-only for the export only. Files are written into a temporary folder
 beside ``out_dir`` and moved in when all are written: an error leaves nothing half-written.
 """
@@ -18,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
-from hybrid_assets.analysis.common import read_only, require_case, require_run
+from hybrid_assets.analysis.common import read_only, require_run
 from hybrid_assets.store import MetricsStore
 
 # Each table's rows of one run ($run = the run id parameter). Order: the run's context first.
@@ -34,35 +37,23 @@ _RUN_ROWS = {
     "regressions": "SELECT * FROM regressions WHERE run_id = $run",
     "superseded": "SELECT * FROM superseded WHERE new_run_id = $run",
 }
-CASE_TABLES = ("case_results", "samples", "metrics", "expectation_results", "regressions", "superseded")
 TABLES = tuple(_RUN_ROWS)
 
 
-def export_run_parquet(store: MetricsStore, run_id: str, out_dir: Union[str, Path], *,
-                       case_id: Union[str, None] = None) -> dict[str, Path]:
+def export_run_parquet(store: MetricsStore, run_id: str, out_dir: Union[str, Path]) -> dict[str, Path]:
     """Write every table's rows of ``run_id`` as ``out_dir/<table>.parquet``; return the paths
-    by table name. With ``case_id``, the case tables hold that case's rows only (the layout of
-    Parquet per case: one folder per case, read as one with a glob).
-
-    Raises ``UnknownRunError`` (naming the latest runs) or ``UnknownCaseError`` before writing
-    anything; existing files of the same names in ``out_dir`` are replaced.
-    """
+    by table name. Raises ``UnknownRunError`` (naming the latest runs) before writing anything;
+    files of the same names already in ``out_dir`` are replaced."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
         with read_only(store) as con:
-            if case_id is None:
-                require_run(con, store, run_id)
-            else:
-                require_case(con, store, run_id, case_id)
+            require_run(con, store, run_id)
             for table, sql in _RUN_ROWS.items():
-                params: dict[str, str] = {"run": run_id}
-                if case_id is not None and table in CASE_TABLES:
-                    sql = f"SELECT * FROM ({sql}) WHERE case_id = $case"
-                    params["case"] = case_id
                 target = staging / f"{table}.parquet"
-                con.execute(f"COPY ({sql}) TO '{_sql_path(target)}' (FORMAT parquet, COMPRESSION zstd)", params)
+                con.execute(f"COPY ({sql}) TO '{_sql_path(target)}' (FORMAT parquet, COMPRESSION zstd)",
+                            {"run": run_id})
         out.mkdir(parents=True, exist_ok=True)
         written = {}
         for table in _RUN_ROWS:
