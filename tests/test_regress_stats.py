@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -167,3 +168,20 @@ def test_step_detection_inputs() -> None:
     assert noise_sigma(np.array([1.0, 1.0, 1.0])) == pytest.approx(1e-3)  # the floor, not zero
     segs, gamma = fit_segments([5.0])
     assert len(segs) == 1 and segs[0].value == 5.0 and gamma >= 0
+
+
+def test_the_fit_is_the_optimum_of_every_segmentation() -> None:
+    # Brute force over all 2^(n-1) ways to cut 9 values: the DP's cost is the least.
+    y = np.random.default_rng(5).normal(0, 1, 9) + np.r_[np.zeros(4), 3 * np.ones(5)]
+    gamma = 1.5
+    segs, _ = fit_segments(y, penalty=gamma)
+
+    def cost(bounds: list[tuple[int, int]]) -> float:
+        return sum(np.abs(y[s:e + 1] - np.median(y[s:e + 1])).sum() + gamma for s, e in bounds)
+
+    best = np.inf
+    for mask in range(2 ** (len(y) - 1)):
+        cuts = [i + 1 for i in range(len(y) - 1) if mask >> i & 1]
+        edges = [0, *cuts, len(y)]
+        best = min(best, cost([(a, b - 1) for a, b in itertools.pairwise(edges)]))
+    assert cost([(s.start, s.end) for s in segs]) == pytest.approx(best)

@@ -77,6 +77,7 @@ class RegressionConfig:
     confidence: float = 0.99  # two-sided level of the bootstrap interval of the ratio
     min_samples: int = 5  # finite samples a side (and per build in the history)
     min_history: int = 4  # builds of history before step detection runs
+    max_history: int = 200  # the newest builds step detection looks at (its cost grows as n^2 to n^3)
     resamples: int = 2000
     seed: int = 0
 
@@ -90,8 +91,8 @@ class RegressionConfig:
             problems.append(f"confidence must be in (0.5, 1), got {self.confidence}")
         if self.min_samples < 2:
             problems.append(f"min_samples must be >= 2, got {self.min_samples}")
-        if self.min_history < 2:
-            problems.append(f"min_history must be >= 2, got {self.min_history}")
+        if not 2 <= self.min_history <= self.max_history:
+            problems.append(f"need 2 <= min_history <= max_history, got {self.min_history} and {self.max_history}")
         if self.resamples < 100:
             problems.append(f"resamples must be >= 100, got {self.resamples}")
         if problems:
@@ -152,14 +153,13 @@ def detect_case(store: MetricsStore, run_id: str, case_id: str, *, baseline_buil
     """Findings for every judged metric of one case of a run (written to the store unless
     ``write`` is False). UnknownBuildError if ``baseline_build`` names no build; UnknownRunError
     if the run or its case has no results."""
-    ctx = q.run_context(store, run_id, case_id)
-    named, source = (baseline_build, "argument") if baseline_build is not None else (None, None)
-    if named is not None:
-        q.check_known_build(store, named)
+    ctx, pinned, lines = q.case_lines(store, run_id, case_id)
+    if baseline_build is not None:
+        q.check_known_build(store, baseline_build)
+        named, source = baseline_build, "argument"
     else:
-        named = store.pinned_baseline(ctx.testbed_id, ctx.profile)
-        source = "pinned" if named else None
-    judged = _judged(q.judged_lines(store, ctx))
+        named, source = pinned, ("pinned" if pinned else None)
+    judged = _judged(lines)
     findings: list[Finding] = []
     if judged:
         findings = _detect(store, ctx, judged, named, source, config)
@@ -370,7 +370,7 @@ def _comparison_words(name: str, unit: str, c: Comparison, verdict: Change, buil
 def _drift(ctx: q.RunContext, mh: pd.DataFrame, location: Location, qs: list[float], lower: bool,
            config: RegressionConfig) -> tuple[Union[DriftReport, None], int, list[str], str]:
     """(report or None, builds of usable history, their build ids, a note when not assessed)."""
-    usable = mh[mh.n >= config.min_samples]
+    usable = mh[mh.n >= config.min_samples].tail(config.max_history)
     ids = [str(b) for b in usable.build_id]
     n = len(ids)
     if n < config.min_history:

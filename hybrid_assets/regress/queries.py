@@ -31,21 +31,16 @@ class RunContext:
     case_verdict: str
 
 
-def run_context(store: MetricsStore, run_id: str, case_id: Union[str, None] = None) -> RunContext:
-    """The run's build, its place in build order, testbed and profile (and the case's verdict)."""
+def run_context(store: MetricsStore, run_id: str) -> RunContext:
+    """The run's build, its place in build order, testbed and profile (no case)."""
     if not store.path.exists():
         raise UnknownRunError(f"no store at {store.path}: run {run_id!r} has no results")
-    df = store.query(
-        "SELECT r.build_id, b.build_seq, r.testbed_id, r.profile, "
-        "(SELECT any_value(c.verdict) FROM case_results c WHERE c.run_id = r.run_id AND c.case_id = ?) AS verdict "
-        "FROM runs r JOIN v_builds b USING (build_id) WHERE r.run_id = ?", [case_id, run_id])
+    df = store.query("SELECT r.build_id, b.build_seq, r.testbed_id, r.profile FROM runs r "
+                     "JOIN v_builds b USING (build_id) WHERE r.run_id = ?", [run_id])
     if df.empty:
         raise UnknownRunError(f"run {run_id!r} has no results in {store.path}")
     row = df.iloc[0]
-    if case_id is not None and pd.isna(row.verdict):
-        raise UnknownRunError(f"run {run_id!r} has no result for case {case_id!r} in {store.path}")
-    return RunContext(run_id, case_id or "", str(row.build_id), int(row.build_seq), str(row.testbed_id),
-                      str(row.profile), "" if pd.isna(row.verdict) else str(row.verdict))
+    return RunContext(run_id, "", str(row.build_id), int(row.build_seq), str(row.testbed_id), str(row.profile), "")
 
 
 def run_cases(store: MetricsStore, run_id: str) -> list[str]:
@@ -53,13 +48,32 @@ def run_cases(store: MetricsStore, run_id: str) -> list[str]:
     return store.query("SELECT case_id FROM case_results WHERE run_id = ? ORDER BY case_id", [run_id]).case_id.tolist()
 
 
-def judged_lines(store: MetricsStore, ctx: RunContext) -> pd.DataFrame:
-    """The case's expectation lines that judge a metric (metric, statistic, comparison,
-    threshold, unit, verdict)."""
-    return store.query(
-        "SELECT metric, statistic, comparison, threshold, unit, verdict FROM expectation_results "
-        "WHERE run_id = ? AND case_id = ? AND metric IS NOT NULL AND comparison IN ('<=', '>=') "
-        "ORDER BY metric, check_name", [ctx.run_id, ctx.case_id])
+def case_lines(store: MetricsStore, run_id: str, case_id: str) -> tuple[RunContext, Union[str, None], pd.DataFrame]:
+    """In one round trip (a store connection costs ~15 ms): the run's context, the baseline
+    pinned for its testbed and profile (the ``baselines`` table ``MetricsStore.pin_baseline``
+    writes), and the case's expectation lines that judge a metric (metric, statistic,
+    comparison, threshold, unit, verdict)."""
+    if not store.path.exists():
+        raise UnknownRunError(f"no store at {store.path}: run {run_id!r} has no results")
+    df = store.query(
+        "SELECT r.build_id, b.build_seq, r.testbed_id, r.profile, c.verdict AS case_verdict, p.build_id AS pinned, "
+        "e.metric, e.statistic, e.comparison, e.threshold, e.unit, e.verdict "
+        "FROM runs r JOIN v_builds b USING (build_id) "
+        "LEFT JOIN case_results c ON c.run_id = r.run_id AND c.case_id = ? "
+        "LEFT JOIN baselines p ON p.testbed_id = r.testbed_id AND p.profile = r.profile "
+        "LEFT JOIN expectation_results e ON e.run_id = r.run_id AND e.case_id = c.case_id "
+        "AND e.metric IS NOT NULL AND e.comparison IN ('<=', '>=') "
+        "WHERE r.run_id = ? ORDER BY e.metric, e.check_name", [case_id, run_id])
+    if df.empty:
+        raise UnknownRunError(f"run {run_id!r} has no results in {store.path}")
+    row = df.iloc[0]
+    if pd.isna(row.case_verdict):
+        raise UnknownRunError(f"run {run_id!r} has no result for case {case_id!r} in {store.path}")
+    ctx = RunContext(run_id, case_id, str(row.build_id), int(row.build_seq), str(row.testbed_id), str(row.profile),
+                     str(row.case_verdict))
+    pinned = None if pd.isna(row.pinned) else str(row.pinned)
+    lines = df[df.metric.notna()][["metric", "statistic", "comparison", "threshold", "unit", "verdict"]]
+    return ctx, pinned, lines.reset_index(drop=True)
 
 
 def check_known_build(store: MetricsStore, build_id: str) -> int:
