@@ -15,7 +15,7 @@ system-deps:
 	@if ldconfig -p | grep -q 'libvulkan.so.1' && ldconfig -p | grep -q 'libomp.so.5'; then echo 'system-deps: present'; \
 	else apt-get install -y -q libvulkan1 libomp5 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libvulkan1 libomp5 >/dev/null); fi
 
-.PHONY: system-deps setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models bench-postprocess bench-queue bench-sessions dev summary report clean
+.PHONY: system-deps dagster-config setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models bench-postprocess bench-queue bench-sessions dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Concurrency pools: every case belongs to its testbed's pool (testbed-$$HYBRID_TESTBED_POOL, default
+# testbed-local); limit 1 means no two cases ever measure on one testbed at once, across all runs.
+# An older file gets the pool section added (once).
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
 
-setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+dagster-config: $(DAGSTER_HOME)/dagster.yaml
+	@grep -q '^concurrency:' $< || printf 'concurrency:\n  pools:\n    default_limit: 1\n' >> $<
+
+setup: $(STAMP) dagster-config
 
 # Tiny random-weight pipelines, a ControlNet, a LoRA and synthetic weight files, built from code
 # (nothing downloaded); kept when current. HYBRID_MODEL_ROOT moves them.

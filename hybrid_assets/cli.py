@@ -68,13 +68,26 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     ensure_build_partition(instance, build.build_id)
-    job = defs.resolve_job_def(JOB_NAME)
     # Dagster's console at INFO: the step's own log lines, not every DEBUG engine event.
-    run_config = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    run_config: dict[str, Any] = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
     tags = {"hybrid/launched_by": "cli", **({RUN_KEY_TAG: args.run_key} if args.run_key else {})}
-    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
-                                    asset_selection=[asset_key(c) for c in selected],
-                                    partition_key=build.build_id, tags=tags)
+    selection = [asset_key(c) for c in selected]
+    if args.executor == "multiprocess":
+        if not os.environ.get("DAGSTER_HOME"):
+            print("error: --executor multiprocess needs a persistent Dagster instance: set $DAGSTER_HOME "
+                  "(make sets it to var/dagster)", file=sys.stderr)
+            return 2
+        from dagster import execute_job, reconstructable
+
+        from hybrid_assets.definitions import multiprocess_job
+
+        run_config["execution"] = {"config": {"max_concurrent": args.max_concurrent}}
+        result = execute_job(reconstructable(multiprocess_job), instance, run_config=run_config,
+                             tags={**tags, "dagster/partition": build.build_id}, asset_selection=selection)
+    else:
+        job = defs.resolve_job_def(JOB_NAME)
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                        asset_selection=selection, partition_key=build.build_id, tags=tags)
     _print_summary(store, result.run_id)
     if not result.success:
         print(f"\nthe Dagster run {result.run_id} failed; see its logs above", file=sys.stderr)
@@ -153,6 +166,10 @@ def main(argv: Union[list[str], None] = None) -> int:
     run.add_argument("--manifest", help="build manifest JSON naming the build under test")
     run.add_argument("--run-key", help="results key (default build/testbed/profile: a re-run of the same build "
                                        "replaces its results); give another to keep both, e.g. for flakiness studies")
+    run.add_argument("--executor", choices=("in_process", "multiprocess"), default="in_process",
+                     help="in_process (default: one worker pool shared by every case) or multiprocess (a process per "
+                          "case, parallel as far as the testbed's concurrency pool allows)")
+    run.add_argument("--max-concurrent", type=int, default=2, help="multiprocess: steps at once within the run")
     run.add_argument("--case", action="append", default=[], metavar="ID", help="select a case (repeatable)")
     run.add_argument("--section", action="append", default=[], metavar="X.Y", help="select a spec section")
     run.add_argument("--part", action="append", default=[], type=int, choices=(1, 2, 3, 4), help="select a part")
