@@ -38,12 +38,14 @@ def build(build_id: str) -> BuildInfo:
 
 def write(store: MetricsStore, run_id: str, build_id: str, values: Mapping[str, Sequence[float]],
           testbed: Testbed = TB, verdict: Verdict = Verdict.PASS) -> None:
+    """One run of CASE; a metric absent from ``values`` has its line SKIPPED."""
     rec = Recorder()
     for metric, vs in values.items():
         for v in vs:
             rec.record(metric, v, "s" if metric.endswith("_s") else "count")
     lines = [ExpectationOutcome(f"{m}_{s}", "expect", "1.1", "text", m, s, c, t, 0.0, len(values.get(m, ())),
-                                verdict, "detail", "s" if m.endswith("_s") else "count") for m, s, c, t in LINES]
+                                verdict if m in values else Verdict.SKIPPED, "detail",
+                                "s" if m.endswith("_s") else "count") for m, s, c, t in LINES]
     outcome = CaseOutcome(CASE.id, verdict, "reason", dt.datetime(2026, 12, 4), 1.0, rec.samples,
                           summarize(rec.samples), lines, {}, {})
     run = RunInfo(run_id, build(build_id), testbed, "smoke", ["python", "-m", "workers"],
@@ -139,8 +141,10 @@ def test_the_last_passing_build_is_preferred_to_a_failing_one(store: MetricsStor
 
 def test_bad_baselines_and_runs(store: MetricsStore) -> None:
     write(store, "r1", "b1", values(1))
+    detect_case(store, "r1", CASE.id)  # two INVALID findings (no earlier build), kept below
     with pytest.raises(UnknownBuildError, match="'nope' is not a known build"):
         detect_case(store, "r1", CASE.id, baseline_build="nope")
+    assert store.query("SELECT count(*) AS n FROM regressions").n[0] == 2  # nothing overwritten
     with pytest.raises(UnknownBuildError):
         detect_run(store, "r1", baseline_build="nope")
     with pytest.raises(UnknownRunError, match="'r9'"):
@@ -204,3 +208,14 @@ def test_non_finite_samples_are_dropped_and_counted(store: MetricsStore) -> None
     write(store, "r2", "b2", bad)
     lat = by_metric(detect_case(store, "r2", CASE.id))["latency_s"]
     assert lat.verdict == "REGRESSED" and lat.current_samples == 50 and "3 non-finite dropped" in lat.detail
+
+
+def test_a_metric_not_measured_here_is_invalid_and_says_so(store: MetricsStore) -> None:
+    write(store, "r1", "b1", values(1))
+    write(store, "r2", "b2", {"latency_s": values(2)["latency_s"]})  # throughput SKIPPED on this testbed
+    found = by_metric(detect_case(store, "r2", CASE.id))
+    assert found["latency_s"].verdict == "UNCHANGED"
+    thr = found["throughput"]
+    assert thr.verdict == "INVALID" and thr.current_samples == 0 and "SKIPPED on this testbed" in thr.detail
+    assert summarize_findings(list(found.values()))[0] == "UNCHANGED"
+    assert "1 of 2 metrics could not be compared" in summarize_findings(list(found.values()))[1]

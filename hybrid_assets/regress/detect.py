@@ -257,10 +257,10 @@ def _detect(store: MetricsStore, ctx: q.RunContext, judged: dict[str, _Judged], 
     out = []
     for m in metrics:
         j = judged[m]
-        cur = raw.value[(raw.side == "current") & (raw.metric == m)].to_numpy(dtype=float)
+        of_metric = raw[raw.metric == m]
+        cur = of_metric.value[of_metric.is_current].to_numpy(dtype=float)
         base_build, base_source = baselines.get(m, (None, None))
-        base = raw.value[(raw.side == base_build) & (raw.metric == m)].to_numpy(dtype=float) \
-            if base_build else np.empty(0)
+        base = of_metric.value[~of_metric.is_current & (of_metric.build_id == base_build)].to_numpy(dtype=float)
         mh = hist[hist.metric == m]
         out.append(_finding(ctx, j, cur, base, base_build, base_source, named_missing, mh, qs, config))
     return out
@@ -276,7 +276,10 @@ def _finding(ctx: q.RunContext, j: _Judged, cur: np.ndarray, base: np.ndarray, b
     cmp: Union[Comparison, None] = None
     verdict, words = Change.INVALID, ""
     name = f"{location_name(j.location)} {j.metric}"
-    if base_build is None:
+    if not np.isfinite(cur).any():
+        skipped = " (its expectations were SKIPPED on this testbed)" if j.skipped else ""
+        words = f"this run has no finite samples of {j.metric}{skipped}: nothing to compare"
+    elif base_build is None:
         words = (f"no earlier build on testbed {ctx.testbed_id} / profile {ctx.profile} has samples of "
                  f"{j.metric}: nothing to compare with")
     elif named_missing:
@@ -287,8 +290,7 @@ def _finding(ctx: q.RunContext, j: _Judged, cur: np.ndarray, base: np.ndarray, b
         seed = (config.seed * 1_000_003 + zlib.crc32(j.metric.encode())) % 2**32
         verdict, cmp = compare(base, cur, lower_is_better=lower, location=j.location, config=config, seed=seed)
         if not cmp.decidable:
-            skipped = " (its expectations were SKIPPED on this testbed)" if j.skipped and cmp.current_n == 0 else ""
-            words = f"{name} against baseline build {base_build} ({base_source}): {cmp.reason}{skipped}"
+            words = f"{name} against baseline build {base_build} ({base_source}): {cmp.reason}"
         else:
             words = _comparison_words(name, j.unit, cmp, verdict, base_build, base_source, lower, config)
     drift, hist_builds, hist_ids, note = _drift(ctx, mh, j.location, qs, lower, config)
@@ -374,7 +376,8 @@ def _drift(ctx: q.RunContext, mh: pd.DataFrame, location: Location, qs: list[flo
     ids = [str(b) for b in usable.build_id]
     n = len(ids)
     if n < config.min_history:
-        return None, n, ids, f"drift not assessed: {n} builds of history, {config.min_history} needed"
+        return None, n, ids, f"drift not assessed: {n} build{'' if n == 1 else 's'} of history, " \
+                             f"{config.min_history} needed"
     if ids[-1] != ctx.build_id:
         return None, n, ids, f"drift not assessed: this build has fewer than {config.min_samples} samples"
     qarr = np.array([np.asarray(v, dtype=float) for v in usable.q])

@@ -124,9 +124,10 @@ def quantile_list(extra: Iterable[float]) -> list[float]:
 
 def raw_samples(store: MetricsStore, ctx: RunContext, metrics: Sequence[str],
                 baselines: dict[str, str]) -> pd.DataFrame:
-    """The run's own samples of ``metrics`` (side 'current') and, for each metric named in
-    ``baselines``, the samples of its baseline build's other runs on this testbed and profile
-    (side = that build id). Non-finite values come back too (as NaN/inf): the caller counts them."""
+    """The run's own samples of ``metrics`` (is_current) and, for each metric named in
+    ``baselines``, the samples of its baseline build's other runs on this testbed and profile.
+    Columns: is_current, build_id, metric, value. Non-finite values come back too (NaN/inf):
+    the caller counts them."""
     pairs = list(baselines.items())
     pair_sql = " OR ".join("(r.build_id = ? AND s.metric = ?)" for _ in pairs) or "FALSE"
     params: list[object] = [ctx.run_id, ctx.case_id, ctx.testbed_id, ctx.profile, *metrics, ctx.run_id]
@@ -134,7 +135,7 @@ def raw_samples(store: MetricsStore, ctx: RunContext, metrics: Sequence[str],
         params += [build, metric]
     marks = ", ".join("?" for _ in metrics)
     return store.query(
-        f"SELECT CASE WHEN s.run_id = ? THEN 'current' ELSE r.build_id END AS side, s.metric, s.value "
+        f"SELECT s.run_id = ? AS is_current, r.build_id, s.metric, s.value "
         f"FROM samples s JOIN runs r USING (run_id) "
         f"WHERE s.case_id = ? AND r.testbed_id = ? AND r.profile = ? AND s.metric IN ({marks}) "
         f"AND (s.run_id = ? OR ({pair_sql}))", params)
