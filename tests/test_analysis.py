@@ -181,3 +181,19 @@ def test_data_docs_of_a_run_name_its_suites_checks_and_verdicts(tmp_path: Path) 
     # A rebuild replaces the site in place.
     again, _ = build_data_docs_timed(store, "run-docs", tmp_path / "docs")
     assert again == index and index.is_file()
+
+
+def test_the_per_case_parquet_layout_is_read_like_the_duckdb_file(tmp_path: Path) -> None:
+    """Results a farm wrote as Parquet per case: export and plots read them the same way."""
+    from hybrid_assets.store.parquet import ParquetCaseStore
+
+    farm = ParquetCaseStore(tmp_path / "pq")
+    for i, build in enumerate(("zeta", "beta")):
+        farm.write_case(_build_payload(f"run-{build}", build, 50 + 25 * i))
+    paths = export_run_parquet(farm, "run-beta", tmp_path / "out")
+    with duckdb.connect() as con:
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{paths['samples']}')").fetchone()[0] == 75
+    png = trend_png(farm, testbed_id=TESTBED.testbed_id, profile="smoke", case_id=CASE, metric="round_trip_s")
+    assert Image.open(io.BytesIO(png)).size == (600, 300)
+    with pytest.raises(UnknownRunError, match="latest runs: run-beta, run-zeta"):
+        export_run_parquet(farm, "nope", tmp_path / "out2")

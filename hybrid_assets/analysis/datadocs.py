@@ -43,10 +43,9 @@ from typing import Any, Union
 
 import pandas as pd
 
-from hybrid_assets.analysis.common import read_only, require_run
+from hybrid_assets.analysis.common import AnyStore, read_only, require_run
 from hybrid_assets.catalog import load_catalog
 from hybrid_assets.gx_suites import ExpectationSpec, SuiteError, load_suite
-from hybrid_assets.store import MetricsStore
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,14 @@ class DataDocsTiming:
         return self.validate_s / self.cases if self.cases else 0.0
 
 
-def build_data_docs(store: MetricsStore, run_id: str, out_dir: Union[str, Path]) -> Path:
+def build_data_docs(store: AnyStore, run_id: str, out_dir: Union[str, Path]) -> Path:
     """Build the Data Docs of ``run_id`` under ``out_dir`` and return the site's index.html
     (``out_dir/gx/uncommitted/data_docs/local_site/index.html``). Raises ``UnknownRunError``
     (naming the latest runs) before anything is written."""
     return build_data_docs_timed(store, run_id, out_dir)[0]
 
 
-def build_data_docs_timed(store: MetricsStore, run_id: str, out_dir: Union[str, Path]) -> tuple[Path, DataDocsTiming]:
+def build_data_docs_timed(store: AnyStore, run_id: str, out_dir: Union[str, Path]) -> tuple[Path, DataDocsTiming]:
     """``build_data_docs`` and where its time went."""
     t0 = time.perf_counter()
     with read_only(store) as con:

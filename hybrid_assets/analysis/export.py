@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
-from hybrid_assets.analysis.common import read_only, require_run
-from hybrid_assets.store import MetricsStore
+from hybrid_assets.analysis.common import AnyStore, read_only, require_run
 
 # Each table's rows of one run ($run = the run id parameter). Order: the run's context first.
 _RUN_ROWS = {
@@ -40,7 +39,7 @@ _RUN_ROWS = {
 TABLES = tuple(_RUN_ROWS)
 
 
-def export_run_parquet(store: MetricsStore, run_id: str, out_dir: Union[str, Path]) -> dict[str, Path]:
+def export_run_parquet(store: AnyStore, run_id: str, out_dir: Union[str, Path]) -> dict[str, Path]:
     """Write every table's rows of ``run_id`` as ``out_dir/<table>.parquet``; return the paths
     by table name. Raises ``UnknownRunError`` (naming the latest runs) before writing anything;
     files of the same names already in ``out_dir`` are replaced."""

@@ -19,8 +19,7 @@ from typing import Any, Union
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hybrid_assets.analysis.common import NoHistoryError, read_only, require_case
-from hybrid_assets.store import MetricsStore
+from hybrid_assets.analysis.common import AnyStore, NoHistoryError, read_only, require_case
 
 STATISTICS = ("count", "mean", "min", "max", "stdev", "p50", "p90", "p95", "p99")
 COMPARISONS = ("<=", ">=")
@@ -80,7 +79,7 @@ def load_trend(con: Any, *, testbed_id: str, profile: str, case_id: str, metric:
     return Trend(testbed_id, profile, case_id, metric, statistic, unit or "", points, flagged)
 
 
-def trend_png(store: MetricsStore, *, testbed_id: str, profile: str, case_id: str, metric: str,
+def trend_png(store: AnyStore, *, testbed_id: str, profile: str, case_id: str, metric: str,
               statistic: str = "p90", threshold: Union[float, None] = None,
               comparison: Union[str, None] = None) -> bytes:
     """PNG (6 x 3 in, 100 dpi) of ``statistic(metric)`` of a case over builds on one testbed
@@ -93,7 +92,7 @@ def trend_png(store: MetricsStore, *, testbed_id: str, profile: str, case_id: st
     return render_trend(trend, threshold, comparison)
 
 
-def case_trend_pngs(store: MetricsStore, run_id: str, case_id: str, out_dir: Union[str, Path],
+def case_trend_pngs(store: AnyStore, run_id: str, case_id: str, out_dir: Union[str, Path],
                     max_plots: int = 4) -> list[Path]:
     """Trend PNGs of the metrics that a case's expectations judge, on the run's testbed and
     profile, with each line's threshold: lines that did not pass first, one plot per metric and
