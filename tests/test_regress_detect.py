@@ -140,6 +140,10 @@ def test_the_last_passing_build_is_preferred_to_a_failing_one(store: MetricsStor
 
 
 def test_bad_baselines_and_runs(store: MetricsStore) -> None:
+    with pytest.raises(UnknownBuildError, match="no store at"):
+        detect_case(store, "r1", CASE.id, baseline_build="b1")
+    with pytest.raises(UnknownRunError, match="no store at"):
+        detect_run(store, "r1")
     write(store, "r1", "b1", values(1))
     detect_case(store, "r1", CASE.id)  # two INVALID findings (no earlier build), kept below
     with pytest.raises(UnknownBuildError, match="'nope' is not a known build"):

@@ -153,9 +153,15 @@ def detect_case(store: MetricsStore, run_id: str, case_id: str, *, baseline_buil
     """Findings for every judged metric of one case of a run (written to the store unless
     ``write`` is False). UnknownBuildError if ``baseline_build`` names no build; UnknownRunError
     if the run or its case has no results."""
-    ctx, pinned, lines = q.case_lines(store, run_id, case_id)
     if baseline_build is not None:
         q.check_known_build(store, baseline_build)
+    return _detect_case(store, run_id, case_id, baseline_build, config, write)
+
+
+def _detect_case(store: MetricsStore, run_id: str, case_id: str, baseline_build: Union[str, None],
+                 config: RegressionConfig, write: bool) -> list[Finding]:
+    ctx, pinned, lines = q.case_lines(store, run_id, case_id)
+    if baseline_build is not None:
         named, source = baseline_build, "argument"
     else:
         named, source = pinned, ("pinned" if pinned else None)
@@ -175,7 +181,7 @@ def detect_run(store: MetricsStore, run_id: str, *, baseline_build: Union[str, N
         q.check_known_build(store, baseline_build)
     out: list[Finding] = []
     for case_id in q.run_cases(store, run_id):
-        out += detect_case(store, run_id, case_id, baseline_build=baseline_build, config=config, write=write)
+        out += _detect_case(store, run_id, case_id, baseline_build, config, write)
     return out
 
 

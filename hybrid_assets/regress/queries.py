@@ -78,6 +78,8 @@ def case_lines(store: MetricsStore, run_id: str, case_id: str) -> tuple[RunConte
 
 def check_known_build(store: MetricsStore, build_id: str) -> int:
     """The build's place in build order; UnknownBuildError if the store has no such build."""
+    if not store.path.exists():
+        raise UnknownBuildError(f"baseline build {build_id!r} is not a known build: there is no store at {store.path}")
     df = store.query("SELECT build_seq FROM v_builds WHERE build_id = ?", [build_id])
     if df.empty:
         latest = store.query("SELECT build_id FROM v_builds ORDER BY build_seq DESC LIMIT 5").build_id.tolist()
