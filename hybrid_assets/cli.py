@@ -2,8 +2,10 @@
 
     python -m hybrid_assets run [--profile smoke] [--case ID ...] [--section 1.1 ...] [--part 1 ...]
                                 [--store PATH] [--worker-cmd CMD] [--manifest FILE] [--reports DIR]
+                                [--run-key KEY] [--executor in_process|multiprocess]
     python -m hybrid_assets report [--run RUN_ID] [--store PATH] [--reports DIR]
     python -m hybrid_assets summary [--run RUN_ID] [--store PATH]
+    python -m hybrid_assets baseline|regressions|compare|export|datadocs|ingest ...   (see cli_tools)
 
 ``run`` executes the Dagster job in-process against the instance in $DAGSTER_HOME (so the
 run shows in ``dagster dev``), or an ephemeral instance when it is unset, and writes
@@ -24,8 +26,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from hybrid_assets.catalog import PROFILES, Case, CatalogError, load_catalog
+from hybrid_assets.cli_tools import COMMANDS as TOOL_COMMANDS
+from hybrid_assets.cli_tools import add_commands, run_command
 from hybrid_assets.dagster_defs.factory import asset_key
-from hybrid_assets.report import RunReport, build_report, write_reports
+from hybrid_assets.report import RunReport, build_report, reports_root, write_reports
 from hybrid_assets.store import MetricsStore, default_store_path
 
 
@@ -113,8 +117,11 @@ def select_cases(cases: list[Case], ids: list[str], sections: list[str], parts: 
 
 
 def _write_reports(store: MetricsStore, run_id: str, directory: Union[str, None]) -> RunReport:
-    report = build_report(store, run_id, load_catalog())
-    paths = write_reports(report, Path(directory) if directory else Path("var/reports") / run_id)
+    from hybrid_assets.report.trends import with_trends
+
+    target = Path(directory) if directory else reports_root() / run_id
+    report = with_trends(build_report(store, run_id, load_catalog()), store, target)
+    paths = write_reports(report, target)
     print(f"\nreports: {paths['markdown']}, {paths['html']}, {paths['junit']}")
     print(f"production readiness: {'READY' if report.production_ready else 'NOT READY'} "
           + "; ".join(f"{c.name}: {c.evidence}" for c in report.criteria))
@@ -152,6 +159,13 @@ def _print_summary(store: MetricsStore, run_id: Union[str, None]) -> list[str]:
     counts = verdicts.verdict.value_counts().to_dict()
     print("\nverdicts: " + ", ".join(f"{k} {counts[k]}" for k in ("PASS", "FAIL", "INVALID", "SKIPPED", "ERROR")
                                      if k in counts))
+    found = store.query("SELECT * FROM v_regressions WHERE run_id = ? ORDER BY verdict, case_id, metric", [run_id])
+    if len(found):
+        tally = found.verdict.value_counts().to_dict()
+        print("against the baseline build (per judged metric): " + ", ".join(
+            f"{k} {tally[k]}" for k in ("REGRESSED", "DRIFTED", "IMPROVED", "UNCHANGED", "INVALID") if k in tally))
+        for f in found[found.verdict.isin(["REGRESSED", "DRIFTED"])].itertuples():
+            print(f"  {f.verdict:9} {f.case_id}  {f.detail}")
     return list(verdicts.verdict)
 
 
@@ -181,9 +195,12 @@ def main(argv: Union[list[str], None] = None) -> int:
     summary = sub.add_parser("summary", help="print the verdicts of a stored run")
     summary.add_argument("--run", help="run id (default: the latest)")
     summary.add_argument("--store")
+    add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command in TOOL_COMMANDS:
+        return run_command(args)
     store = MetricsStore(Path(args.store) if args.store else default_store_path())
     if not store.path.exists():
         print(f"no store at {store.path}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """One factory: the catalog (data) becomes assets with checks, and a job."""
 
 
+import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +28,17 @@ from hybrid_assets.dagster_defs.resources import (
     run_info,
 )
 from hybrid_assets.gx_suites import Suite
+from hybrid_assets.harness.baseline import CHECK_NAME as REGRESSION_CHECK
+from hybrid_assets.harness.baseline import (
+    RegressionEvidence,
+    compare_with_baseline,
+    findings_table,
+    trend_plot,
+)
 from hybrid_assets.harness.execute import execute_case
 from hybrid_assets.harness.results import CaseOutcome, ExpectationOutcome, Verdict
+from hybrid_assets.report import reports_root
+from hybrid_assets.store import MetricsStore
 
 KEY_METRIC_STATS = ("p50", "p90", "p99", "max", "count")
 RUN_KEY_TAG = "hybrid/run_key"  # a run tag that overrides the default run key (build/testbed/profile)
@@ -56,6 +66,28 @@ def check_result(e: ExpectationOutcome) -> AssetCheckResult:
     )
 
 
+def regression_check_result(ev: RegressionEvidence) -> AssetCheckResult:
+    """The evidence of the comparison with the baseline build (same testbed and profile)."""
+    worst = ev.worst
+    metadata: dict[str, Any] = {"verdict": ev.verdict, "reason": ev.reason}
+    if worst is not None:
+        metadata.update({
+            "metric": f"{worst.metric} ({worst.statistic})",
+            "baseline_build": worst.baseline_build_id or "none",
+            "baseline_source": worst.baseline_source or "none",
+            "change_ratio": MetadataValue.float(worst.change_ratio) if worst.change_ratio is not None
+            else MetadataValue.null(),
+            "confidence_interval": f"{worst.ci_low:.4g}-{worst.ci_high:.4g}" if worst.ci_low is not None
+            and worst.ci_high is not None else "-",
+            "p_value": MetadataValue.float(worst.p_value) if worst.p_value is not None else MetadataValue.null(),
+            "samples": f"{worst.current_samples} vs {worst.baseline_samples}",
+        })
+    if ev.findings:
+        metadata["findings"] = MetadataValue.md(findings_table(ev.findings))
+    severity = AssetCheckSeverity.WARN if ev.verdict == "INVALID" else AssetCheckSeverity.ERROR
+    return AssetCheckResult(check_name=REGRESSION_CHECK, passed=ev.passed, severity=severity, metadata=metadata)
+
+
 def _metrics_table(outcome: CaseOutcome) -> str:
     rows = {}
     for m in outcome.summaries:
@@ -75,6 +107,11 @@ def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> Asset
     checks = [AssetCheckSpec(name=e.check, asset=key,
                              description=f"spec {e.meta['spec_section']}: {e.meta['spec_text']}")
               for e in suite.expectations]
+    checks.append(AssetCheckSpec(
+        name=REGRESSION_CHECK, asset=key,
+        description="No metric a spec line judges is worse than on the baseline build (same testbed and profile): "
+                    "Mann-Whitney U and a bootstrap interval of the ratio, beyond a 10 % threshold, plus step "
+                    "detection over the build history. INVALID (a warning) without a baseline."))
     sections = ",".join((case.section, *case.also_covers))
 
     # A multi_asset of one spec, subsettable: a check whose line is SKIPPED on this testbed
@@ -122,6 +159,17 @@ def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> Asset
         selected = {k.name for k in context.selected_asset_check_keys}
         results = [check_result(e) for e in out.expectations
                    if e.verdict is not Verdict.SKIPPED and e.check_name in selected]
+        # Only a case that reached the DuckDB file can be compared; in the Parquet layout the
+        # comparison runs after `python -m hybrid_assets ingest` (the check shows not executed).
+        if isinstance(store, MetricsStore) and executed.receipt.status == "written":
+            if REGRESSION_CHECK in selected:
+                results.append(regression_check_result(compare_with_baseline(store, info.run_id, case.id,
+                                                                             context.log)))
+            png = trend_plot(store, info.run_id, case.id, reports_root() / info.run_id / "trends", context.log)
+            if png is not None:
+                metadata["trend"] = MetadataValue.path(str(png.resolve()))
+                metadata["trend_plot"] = MetadataValue.md(
+                    f"![trend](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})")
         # Yielded, not returned: a returned NamedTuple reads as a tuple of outputs to a multi_asset.
         yield MaterializeResult(asset_key=key, metadata=metadata, check_results=results)
 

@@ -8,7 +8,7 @@ or did not PASS, counts against its part; SKIPPED cases are listed, never counte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -39,6 +39,14 @@ class RunReport:
     verdicts: pd.DataFrame
     expectations: pd.DataFrame
     criteria: list[Criterion]
+    regressions: pd.DataFrame = field(default_factory=pd.DataFrame)  # v_regressions rows of the run
+    trends: dict[str, list[str]] = field(default_factory=dict)  # case id -> PNG paths, relative to the report
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        """Findings worse than the baseline (REGRESSED or DRIFTED)."""
+        r = self.regressions
+        return r[r.verdict.isin(["REGRESSED", "DRIFTED"])] if len(r) else r
 
     @property
     def production_ready(self) -> bool:
@@ -73,4 +81,6 @@ def build_report(store: MetricsStore, run_id: str, cases: list[Case]) -> RunRepo
     expectations = store.query(
         "SELECT * FROM v_expectations WHERE run_id = ? ORDER BY case_id, spec_section, expectation", [run_id])
     criteria = [_criterion(part, cases, verdicts) for part in sorted(PART_GROUPS)]
-    return RunReport(runs.iloc[0].to_dict(), verdicts, expectations, criteria)
+    regressions = store.query("SELECT * FROM v_regressions WHERE run_id = ? ORDER BY verdict, case_id, metric",
+                              [run_id])
+    return RunReport(runs.iloc[0].to_dict(), verdicts, expectations, criteria, regressions)

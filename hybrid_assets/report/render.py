@@ -31,7 +31,7 @@ def to_markdown(report: RunReport) -> str:
            "| Success criterion | Required | Met | Evidence |", "|---|---|---|---|"]
     for c in report.criteria:
         out.append(f"| {c.name} (part {c.part}) | {c.required} | {'yes' if c.met else 'no'} | {c.evidence} |")
-    out += ["", "## Cases", ""]
+    out += ["", *_regressions_markdown(report), "## Cases", ""]
     for v in report.verdicts.to_dict("records"):
         out += [f"### {v['verdict']} `{v['case_id']}` (spec {v['spec_section']}, {v['domain']}, "
                 f"{_num(v['duration_s'])} s)", "", v["reason"] or "", "",
@@ -42,7 +42,32 @@ def to_markdown(report: RunReport) -> str:
                        f"{_num(e['observed'])} {e['unit']} | {e['comparison']} {_num(e['threshold'])} | "
                        f"{e['sample_count']} | {e['detail']} |")
         out.append("")
+        for png in report.trends.get(v["case_id"], []):
+            out += [f"![trend of {v['case_id']}]({png})", ""]
     return "\n".join(out)
+
+
+def _regressions_markdown(report: RunReport) -> list[str]:
+    r = report.regressions
+    if not len(r):
+        return ["## Against the baseline build", "", "No comparison was made (no earlier build on this testbed "
+                "and profile, or none stored).", ""]
+    counts = r.verdict.value_counts().to_dict()
+    out = ["## Against the baseline build", "",
+           "Per metric a spec line judges, on this testbed and profile: " +
+           ", ".join(f"{k} {counts[k]}" for k in ("REGRESSED", "DRIFTED", "IMPROVED", "UNCHANGED", "INVALID")
+                     if k in counts) + ".", ""]
+    shown = r[r.verdict.isin(["REGRESSED", "DRIFTED", "IMPROVED"])]
+    if len(shown):
+        out += ["| Verdict | Case | Metric | Baseline build | Ratio | CI | p | Detail |",
+                "|---|---|---|---|---|---|---|---|"]
+        for f in shown.to_dict("records"):
+            ci = f"{_num(f['ci_low'])}-{_num(f['ci_high'])}"
+            out.append(f"| {f['verdict']} | `{f['case_id']}` | {f['metric']} ({f['statistic']}) | "
+                       f"{f['baseline_build_id'] or '-'} | {_num(f['change_ratio'])} | {ci} | {_num(f['p_value'])} | "
+                       f"{f['detail']} |")
+        out.append("")
+    return out
 
 
 def to_html(report: RunReport) -> str:
@@ -59,20 +84,28 @@ def to_html(report: RunReport) -> str:
             f"<td>{esc(_num(e['observed']))} {esc(e['unit'])}</td><td>{esc(e['comparison'])} "
             f"{esc(_num(e['threshold']))}</td><td>{e['sample_count']}</td><td>{esc(e['detail'])}</td></tr>"
             for e in _lines(report, v["case_id"]))
+        images = "".join(f"<p><img alt='trend' src='{esc(png)}'></p>" for png in report.trends.get(v["case_id"], []))
         cases.append(f"<h3 class='{esc(v['verdict'])}'>{esc(v['verdict'])} {esc(v['case_id'])} "
                      f"(spec {esc(v['spec_section'])})</h3><p>{esc(v['reason'] or '')}</p>"
                      f"<table><tr><th>Verdict</th><th>Spec line</th><th>Expectation</th><th>Observed</th>"
-                     f"<th>Threshold</th><th>Samples</th><th>Detail</th></tr>{lines}</table>")
+                     f"<th>Threshold</th><th>Samples</th><th>Detail</th></tr>{lines}</table>{images}")
+    flagged = "".join(
+        f"<tr class='{esc(f['verdict'])}'><td>{esc(f['verdict'])}</td><td>{esc(f['case_id'])}</td>"
+        f"<td>{esc(f['metric'])} ({esc(f['statistic'])})</td><td>{esc(str(f['baseline_build_id'] or '-'))}</td>"
+        f"<td>{esc(_num(f['change_ratio']))}</td><td>{esc(f['detail'])}</td></tr>"
+        for f in report.regressions.to_dict("records") if f["verdict"] in ("REGRESSED", "DRIFTED", "IMPROVED"))
+    baseline = (f"<h2>Against the baseline build</h2><table><tr><th>Verdict</th><th>Case</th><th>Metric</th>"
+                f"<th>Baseline</th><th>Ratio</th><th>Detail</th></tr>{flagged}</table>" if flagged else "")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:90%}.PASS{color:#070}.FAIL,.ERROR{color:#b00}"
-             ".INVALID{color:#a60}.SKIPPED{color:#666}")
+             ".INVALID,.DRIFTED{color:#a60}.REGRESSED{color:#b00}.IMPROVED{color:#070}.SKIPPED{color:#666}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {esc(r['run_id'])}</title>"
             f"<style>{style}</style></head><body><h1>Validation run {esc(r['run_id'])}</h1>"
             f"<p>Build <code>{esc(str(r['build_id']))}</code>, testbed <code>{esc(str(r['testbed_id']))}</code>, "
             f"profile <code>{esc(str(r['profile']))}</code></p>"
             f"<h2>Production readiness: {'READY' if report.production_ready else 'NOT READY'}</h2>"
             f"<table><tr><th>Criterion</th><th>Required</th><th>Met</th><th>Evidence</th></tr>{rows}</table>"
-            f"<h2>Cases</h2>{''.join(cases)}</body></html>")
+            f"{baseline}<h2>Cases</h2>{''.join(cases)}</body></html>")
 
 
 def to_junit(report: RunReport) -> str:

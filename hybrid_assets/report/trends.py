@@ -1,0 +1,32 @@
+"""Trend plots for a run's report: the cases worth a look (not PASS, or flagged against the
+baseline), one plot each, beside the report (``trends/``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from hybrid_assets.analysis.common import NoHistoryError
+from hybrid_assets.analysis.plots import case_trend_pngs
+from hybrid_assets.report.model import RunReport
+from hybrid_assets.store import MetricsStore
+
+log = logging.getLogger(__name__)
+MAX_PLOTTED_CASES = 40  # a plot costs ~0.1 s; a whole failing catalog should not cost minutes
+
+
+def with_trends(report: RunReport, store: MetricsStore, directory: Path) -> RunReport:
+    flagged = set(report.flagged.case_id) if len(report.flagged) else set()
+    wanted = [c for c in report.verdicts.case_id if c in flagged]
+    wanted += [v.case_id for v in report.verdicts.itertuples() if v.verdict != "PASS" and v.case_id not in flagged]
+    trends: dict[str, list[str]] = {}
+    for case_id in wanted[:MAX_PLOTTED_CASES]:
+        try:
+            paths = case_trend_pngs(store, report.run["run_id"], case_id, directory / "trends", max_plots=1)
+        except NoHistoryError as exc:
+            log.info("no trend for %s: %s", case_id, exc)
+            continue
+        if paths:
+            trends[case_id] = [str(p.relative_to(directory)) for p in paths]
+    return dataclasses.replace(report, trends=trends)
