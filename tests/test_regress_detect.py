@@ -223,3 +223,14 @@ def test_a_metric_not_measured_here_is_invalid_and_says_so(store: MetricsStore) 
     assert thr.verdict == "INVALID" and thr.current_samples == 0 and "SKIPPED on this testbed" in thr.detail
     assert summarize_findings(list(found.values()))[0] == "UNCHANGED"
     assert "1 of 2 metrics could not be compared" in summarize_findings(list(found.values()))[1]
+
+
+def test_a_figure_measured_once_per_run_is_judged_on_its_history(store: MetricsStore) -> None:
+    per_run = [100.0, 101.0, 99.0, 100.5, 100.0, 60.0]  # one throughput figure per run; the last drops 40 %
+    for k, figure in enumerate(per_run):
+        write(store, f"r{k}", f"b{k}", {"latency_s": values(k)["latency_s"], "throughput": [figure]})
+    thr = by_metric(detect_case(store, "r5", CASE.id))["throughput"]
+    assert thr.verdict == "DRIFTED" and thr.step_build_id == "b5" and thr.history_builds == 6
+    assert thr.step_ratio == pytest.approx(0.6, abs=0.01) and "at least 5 needed" in thr.detail
+    steady = by_metric(detect_case(store, "r4", CASE.id))["throughput"]
+    assert steady.verdict == "INVALID" and "no drift over 5 builds of history (one value per run)" in steady.detail
