@@ -70,6 +70,11 @@ def test_healthy_worker_passes_and_the_views_hold_the_run(tmp_path: Path) -> Non
     result = run(asset, store_path)
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    # The first build on this testbed: nothing to compare with, a warning that says so, not a pass.
+    regression = evaluations.pop("no_regression_vs_baseline")
+    assert not regression.passed and regression.severity == AssetCheckSeverity.WARN
+    assert regression.metadata["verdict"].value == "INVALID"
+    assert "no earlier build" in regression.metadata["detail"].value
     failing = {name: e.metadata["detail"].value for name, e in evaluations.items() if not e.passed}
     # Latency bounds depend on how busy this shared 2-core machine is; everything else must pass, and
     # a latency check that fails must carry the evidence that breaches its bound.
@@ -138,4 +143,5 @@ def test_factory_builds_one_asset_per_case_with_the_checks_of_its_suite() -> Non
         checks_by_asset.setdefault(ck.asset_key.to_user_string(), set()).add(ck.name)
     for case in cases:
         suite = load_suite(case.suite)
-        assert checks_by_asset[f"{case.group}/{case.id}"] == {e.check for e in suite.expectations}, case.id
+        expected = {e.check for e in suite.expectations} | {"no_regression_vs_baseline"}
+        assert checks_by_asset[f"{case.group}/{case.id}"] == expected, case.id

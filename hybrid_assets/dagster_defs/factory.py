@@ -69,7 +69,7 @@ def check_result(e: ExpectationOutcome) -> AssetCheckResult:
 def regression_check_result(ev: RegressionEvidence) -> AssetCheckResult:
     """The evidence of the comparison with the baseline build (same testbed and profile)."""
     worst = ev.worst
-    metadata: dict[str, Any] = {"verdict": ev.verdict, "reason": ev.reason}
+    metadata: dict[str, Any] = {"verdict": ev.verdict, "detail": ev.reason}
     if worst is not None:
         metadata.update({
             "metric": f"{worst.metric} ({worst.statistic})",
