@@ -15,7 +15,7 @@ system-deps:
 	@if ldconfig -p | grep -q 'libvulkan.so.1' && ldconfig -p | grep -q 'libomp.so.5'; then echo 'system-deps: present'; \
 	else apt-get install -y -q libvulkan1 libomp5 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libvulkan1 libomp5 >/dev/null); fi
 
-.PHONY: system-deps dagster-config setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models bench-postprocess bench-queue bench-sessions dev summary report clean
+.PHONY: system-deps dagster-config setup models run gate test test-fast lint schema suites coverage bench bench-load bench-models bench-postprocess bench-queue bench-sessions bench-regress dev summary report clean
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,11 @@ bench-queue: setup models
 
 bench-sessions: setup
 	$(BIN)/python -m workers.bench.sessions
+
+# Store ingest of 1,000,000 samples against a bare DuckDB insert; regression detection over 100
+# builds; the testbed fingerprint's cost.
+bench-regress: setup
+	$(BIN)/python -m hybrid_assets.regress.bench
 
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml
