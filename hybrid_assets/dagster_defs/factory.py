@@ -126,7 +126,9 @@ def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> Asset
     )
 
     @multi_asset(name=f"{case.group}__{case.id}", specs=[spec], check_specs=checks, can_subset=True,
-                 partitions_def=BUILD_PARTITIONS, pool=pool)
+                 partitions_def=BUILD_PARTITIONS, pool=pool,
+                 # Celery routes a step to the queue named by this tag: one queue per testbed.
+                 op_tags={"dagster-celery/queue": pool} if pool else None)
     def _case_asset(
         context: AssetExecutionContext,
         worker_pool: WorkerPoolResource,
