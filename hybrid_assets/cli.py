@@ -9,7 +9,8 @@
 
 ``run`` executes the Dagster job in-process against the instance in $DAGSTER_HOME (so the
 run shows in ``dagster dev``), or an ephemeral instance when it is unset, and writes
-report.md, report.html and junit.xml to var/reports/<run id>/.
+report.md, report.html, junit.xml, trend plots (trends/) and the Great Expectations Data Docs
+(datadocs/) to var/reports/<run id>/.
 
 Exit status of ``run``: 0 when every check of the selected cases passed (SKIPPED lines
 allowed), 1 when any line is FAIL, INVALID or ERROR, 2 when the run itself could not be
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     if not result.success:
         print(f"\nthe Dagster run {result.run_id} failed; see its logs above", file=sys.stderr)
         return 2
-    report = _write_reports(store, result.run_id, args.reports)
+    report = _write_reports(store, result.run_id, args.reports, not args.no_datadocs)
     return 0 if report.all_checks_passed else 1
 
 
@@ -116,13 +117,17 @@ def select_cases(cases: list[Case], ids: list[str], sections: list[str], parts: 
     return chosen
 
 
-def _write_reports(store: MetricsStore, run_id: str, directory: Union[str, None]) -> RunReport:
+def _write_reports(store: MetricsStore, run_id: str, directory: Union[str, None], datadocs: bool = True) -> RunReport:
     from hybrid_assets.report.trends import with_trends
 
     target = Path(directory) if directory else reports_root() / run_id
     report = with_trends(build_report(store, run_id, load_catalog()), store, target)
     paths = write_reports(report, target)
     print(f"\nreports: {paths['markdown']}, {paths['html']}, {paths['junit']}")
+    if datadocs:
+        from hybrid_assets.analysis.datadocs import build_data_docs
+
+        print(f"Great Expectations Data Docs: {build_data_docs(store, run_id, target / 'datadocs')}")
     print(f"production readiness: {'READY' if report.production_ready else 'NOT READY'} "
           + "; ".join(f"{c.name}: {c.evidence}" for c in report.criteria))
     return report
@@ -188,6 +193,7 @@ def main(argv: Union[list[str], None] = None) -> int:
     run.add_argument("--section", action="append", default=[], metavar="X.Y", help="select a spec section")
     run.add_argument("--part", action="append", default=[], type=int, choices=(1, 2, 3, 4), help="select a part")
     run.add_argument("--reports", metavar="DIR", help="where to write the reports (default var/reports/<run id>)")
+    run.add_argument("--no-datadocs", action="store_true", help="skip the Great Expectations Data Docs (about 4 s)")
     rep = sub.add_parser("report", help="write the reports of a stored run")
     rep.add_argument("--run", help="run id (default: the latest)")
     rep.add_argument("--store")
