@@ -197,7 +197,9 @@ def test_priority_loading_serves_the_high_priority_load_first(worker_argv: list[
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # One loader: the queue runs strictly by priority, so the high-priority load ends before the
     # normal one in every trial, whichever was submitted first.
-    params = {"background_loads": 2, "model_gib": 2 * MIB_AS_GIB, "trials": 4, "loaders": 1}
+    # 32 MiB loads: each load must take longer than the few milliseconds between the two submissions,
+    # or the ratio measures the submission order, not the service order (it did under load at 2 MiB).
+    params = {"background_loads": 2, "model_gib": 32 * MIB_AS_GIB, "trials": 4, "loaders": 1}
     rec = _run("model.priority_loading", params, worker_argv, private_root, monkeypatch)
     assert _values(rec, "load_failed") == [0.0] * 16
     ratios = _values(rec, "priority_load_time_ratio")
