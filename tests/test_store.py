@@ -162,6 +162,7 @@ def test_a_version_1_file_is_migrated_on_write(tmp_path: Path) -> None:
                 "last_write_at TIMESTAMP); INSERT INTO runs VALUES ('old', 'b0', 'tb', 'smoke', NULL, 'w', NULL, NULL)")
     con.close()
     store = MetricsStore(path)
-    store.write_case(payload("run-1"))
+    store.check_build("b0", "0" * 64)  # what a run does first: it migrates rather than refuses
     assert store.query("SELECT version FROM schema_info").version.tolist() == [2]
+    store.write_case(payload("run-1"))
     assert sorted(store.query("SELECT run_id FROM runs").run_id) == ["old", "run-1"]

@@ -221,8 +221,9 @@ class MetricsStore:
         """Raise ``BuildConflictError`` if ``build_id`` is registered with other content."""
         if not self.path.exists():
             return
-        with self._local, self._connect(read_only=True) as con:
-            self._ensure_readable(con)
+        # A write connection: a run is about to write anyway, and an older file is migrated here
+        # rather than refused.
+        with self.write_connection() as con:
             check_build_content(con, build_id, content_sha256)
 
     def pin_baseline(self, testbed_id: str, profile: str, build_id: str, note: str = "") -> None:
