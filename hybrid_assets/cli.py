@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     import workers
     from hybrid_assets.builds import BuildInfo, ManifestError, parse_manifest
     from hybrid_assets.dagster_defs.definitions import JOB_NAME
-    from hybrid_assets.dagster_defs.factory import RUN_KEY_TAG
+    from hybrid_assets.dagster_defs.factory import REPORTS_TAG, RUN_KEY_TAG
     from hybrid_assets.dagster_defs.partitions import ensure_build_partition
     from hybrid_assets.definitions import defs
     from hybrid_assets.store import BuildConflictError
@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     ensure_build_partition(instance, build.build_id)
     # Dagster's console at INFO: the step's own log lines, not every DEBUG engine event.
     run_config: dict[str, Any] = {"resources": resources, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    tags = {"hybrid/launched_by": "cli", **({RUN_KEY_TAG: args.run_key} if args.run_key else {})}
+    tags = {"hybrid/launched_by": "cli", **({RUN_KEY_TAG: args.run_key} if args.run_key else {}),
+            **({REPORTS_TAG: str(Path(args.reports).resolve())} if args.reports else {})}
     selection = [asset_key(c) for c in selected]
     if args.executor == "multiprocess":
         if not os.environ.get("DAGSTER_HOME"):

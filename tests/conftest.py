@@ -3,6 +3,7 @@ after the unit tests (ordering below)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 2 if item.get_closest_marker("dagster") else 1 if item.get_closest_marker("subprocess") else 0
 
     items.sort(key=rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reports_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Assets write trend plots under $HYBRID_REPORTS_DIR; tests (and the CLI runs they spawn,
+    which inherit the environment) write them to a temporary folder, never to var/reports."""
+    os.environ.setdefault("HYBRID_REPORTS_DIR", str(tmp_path_factory.mktemp("reports")))
 
 
 @pytest.fixture

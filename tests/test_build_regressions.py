@@ -72,7 +72,10 @@ def test_the_summary_and_report_name_the_regression(three_builds) -> None:
     assert "REGRESSED" not in done["b2"].stdout
     report = (tmp / "r-b3" / "report.md").read_text()
     assert "REGRESSED" in report and "round_trip_s" in report
-    assert list((tmp / "r-b3").glob("trends/*.png")), "the report's trend plot"
+    # The report draws the trend of the metric that regressed, not just any line.
+    png = "cold_start_device_discovery__round_trip_s__p99.png"
+    assert [p.name for p in (tmp / "r-b3").glob("trends/*.png")] == [png]
+    assert f"![trend of cold_start_device_discovery](trends/{png})" in report
 
 
 def test_rerunning_a_build_replaces_its_results(three_builds) -> None:

@@ -3,6 +3,7 @@
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -42,6 +43,7 @@ from hybrid_assets.store import MetricsStore
 
 KEY_METRIC_STATS = ("p50", "p90", "p99", "max", "count")
 RUN_KEY_TAG = "hybrid/run_key"  # a run tag that overrides the default run key (build/testbed/profile)
+REPORTS_TAG = "hybrid/reports_dir"  # a run tag naming the run's report folder (default: reports root / run id)
 
 
 def asset_key(case: Case) -> AssetKey:
@@ -164,10 +166,12 @@ def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> Asset
         # Only a case that reached the DuckDB file can be compared; in the Parquet layout the
         # comparison runs after `python -m hybrid_assets ingest` (the check shows not executed).
         if isinstance(store, MetricsStore) and executed.receipt.status == "written":
+            evidence = compare_with_baseline(store, info.run_id, case.id, context.log)
             if REGRESSION_CHECK in selected:
-                results.append(regression_check_result(compare_with_baseline(store, info.run_id, case.id,
-                                                                             context.log)))
-            png = trend_plot(store, info.run_id, case.id, reports_root() / info.run_id / "trends", context.log)
+                results.append(regression_check_result(evidence))
+            flagged = evidence.worst if not evidence.passed and evidence.verdict != "INVALID" else None
+            reports = Path(context.run.tags.get(REPORTS_TAG) or reports_root() / info.run_id)
+            png = trend_plot(store, info.run_id, case.id, reports / "trends", flagged, context.log)
             if png is not None:
                 metadata["trend"] = MetadataValue.path(str(png.resolve()))
                 metadata["trend_plot"] = MetadataValue.md(

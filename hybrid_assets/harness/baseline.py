@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 from hybrid_assets.analysis.common import NoHistoryError
-from hybrid_assets.analysis.plots import case_trend_pngs
+from hybrid_assets.analysis.plots import case_trend_pngs, trend_png
 from hybrid_assets.regress.detect import Change, Finding, detect_case, summarize_findings
 from hybrid_assets.regress.queries import UnknownRunError
 from hybrid_assets.store import MetricsStore
@@ -65,11 +65,30 @@ def _n(v: Union[float, None]) -> str:
 
 
 def trend_plot(store: MetricsStore, run_id: str, case_id: str, out_dir: Path,
-               logger: logging.Logger = log) -> Union[Path, None]:
-    """The trend of the case's most telling judged metric over builds (a failing line first)."""
+               flagged: Union[Finding, None] = None, logger: logging.Logger = log) -> Union[Path, None]:
+    """The trend of the case's most telling metric over builds: the one flagged against the
+    baseline if any, else a line that did not pass."""
     try:
+        if flagged is not None:
+            return flagged_trend_png(store, flagged, out_dir)
         paths = case_trend_pngs(store, run_id, case_id, out_dir, max_plots=1)
     except NoHistoryError as exc:
         logger.info("case %s: no trend to draw: %s", case_id, exc)
         return None
     return paths[0] if paths else None
+
+
+def flagged_trend_png(store: MetricsStore, f: Finding, out_dir: Path) -> Path:
+    """The trend of a flagged metric at the statistic its spec line judges, with that line's
+    threshold (the finding's own statistic when no line gives one)."""
+    lines = store.query("SELECT statistic, threshold, comparison FROM v_expectations "
+                        "WHERE run_id = ? AND case_id = ? AND metric = ? ORDER BY verdict = 'PASS' LIMIT 1",
+                        [f.run_id, f.case_id, f.metric])
+    statistic, threshold, comparison = (lines.iloc[0].statistic, float(lines.iloc[0].threshold),
+                                        lines.iloc[0].comparison) if len(lines) else (f.statistic, None, None)
+    png = trend_png(store, testbed_id=f.testbed_id, profile=f.profile, case_id=f.case_id, metric=f.metric,
+                    statistic=statistic, threshold=threshold, comparison=comparison)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{f.case_id}__{f.metric}__{statistic}.png"
+    path.write_bytes(png)
+    return path

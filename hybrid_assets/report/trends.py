@@ -9,11 +9,21 @@ from pathlib import Path
 
 from hybrid_assets.analysis.common import NoHistoryError
 from hybrid_assets.analysis.plots import case_trend_pngs
+from hybrid_assets.harness.baseline import flagged_trend_png
+from hybrid_assets.regress.detect import Finding
 from hybrid_assets.report.model import RunReport
 from hybrid_assets.store import MetricsStore
 
 log = logging.getLogger(__name__)
 MAX_PLOTTED_CASES = 40  # a plot costs ~0.1 s; a whole failing catalog should not cost minutes
+
+
+def _findings(report: RunReport, case_id: str) -> list[Finding]:
+    """The case's flagged findings (at most two metrics), as Finding objects."""
+    rows = report.flagged[report.flagged.case_id == case_id].head(2) if len(report.flagged) else []
+    fields = {f.name for f in dataclasses.fields(Finding)}
+    return [Finding(**{k: v for k, v in row.items() if k in fields}) for row in
+            (rows.to_dict("records") if len(rows) else [])]
 
 
 def with_trends(report: RunReport, store: MetricsStore, directory: Path) -> RunReport:
@@ -23,7 +33,9 @@ def with_trends(report: RunReport, store: MetricsStore, directory: Path) -> RunR
     trends: dict[str, list[str]] = {}
     for case_id in wanted[:MAX_PLOTTED_CASES]:
         try:
-            paths = case_trend_pngs(store, report.run["run_id"], case_id, directory / "trends", max_plots=1)
+            paths = [flagged_trend_png(store, f, directory / "trends") for f in _findings(report, case_id)]
+            if not paths:
+                paths = case_trend_pngs(store, report.run["run_id"], case_id, directory / "trends", max_plots=1)
         except NoHistoryError as exc:
             log.info("no trend for %s: %s", case_id, exc)
             continue
