@@ -164,24 +164,19 @@ CORE_OPERATIONS: tuple[OperationSpec, ...] = (
 )
 
 
-def _all_operations() -> tuple[OperationSpec, ...]:
-    # Domain modules add their operations here; names must stay unique across them.
-    from workers.protocol import (
-        ops_devices,
-        ops_faults,
-        ops_link,
-        ops_memory_stress,
-        ops_models,
-        ops_postprocess,
-        ops_pressure,
-        ops_queue,
-        ops_safety,
-        ops_sessions,
-    )
+# The protocol's domains, in the order their operations are listed. Each has a declaration module
+# workers/protocol/ops_<domain>.py (SPECS) and a handler module workers/runtime/ops_<domain>.py:
+# this one list is what both the op table and the worker's dispatch read, so they cannot drift.
+DOMAINS = ("devices", "pressure", "memory_stress", "link", "models", "sessions", "queue", "postprocess",
+           "safety", "faults")
 
-    ops = (CORE_OPERATIONS + ops_devices.SPECS + ops_pressure.SPECS + ops_memory_stress.SPECS + ops_link.SPECS
-           + ops_models.SPECS + ops_sessions.SPECS + ops_queue.SPECS + ops_postprocess.SPECS + ops_safety.SPECS
-           + ops_faults.SPECS)
+
+def _all_operations() -> tuple[OperationSpec, ...]:
+    import importlib
+
+    ops = CORE_OPERATIONS
+    for domain in DOMAINS:
+        ops += importlib.import_module(f"workers.protocol.ops_{domain}").SPECS
     names = [o.name for o in ops]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

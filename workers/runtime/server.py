@@ -13,6 +13,7 @@ Threads:
 from __future__ import annotations
 
 import heapq
+import importlib
 import itertools
 import logging
 import os
@@ -42,29 +43,17 @@ from workers.protocol.messages import (
     Response,
     StatusResult,
 )
-from workers.protocol.operations import OPERATIONS, CancelResult, ShutdownResult
+from workers.protocol.operations import DOMAINS, OPERATIONS, CancelResult, ShutdownResult
 from workers.protocol.opspec import OperationSpec
-from workers.runtime import (
-    handlers,
-    ops_devices,
-    ops_faults,
-    ops_link,
-    ops_memory_stress,
-    ops_models,
-    ops_postprocess,
-    ops_pressure,
-    ops_queue,
-    ops_safety,
-    ops_sessions,
-)
+from workers.runtime import handlers
 from workers.runtime.context import Cancelled, DeadlineExceeded, OperationError, RequestContext
 
 log = logging.getLogger("workers.server")
 
 # Domain modules: each defines work_handlers(server) and may define control_handlers(server) (served
 # on the reader thread) and routed_handlers(server) (work on the domain's own executor).
-_DOMAIN_MODULES = (handlers, ops_devices, ops_pressure, ops_memory_stress, ops_link, ops_models,
-                   ops_sessions, ops_queue, ops_postprocess, ops_safety, ops_faults)
+# The core handlers, then one module per protocol domain (workers.protocol.operations.DOMAINS).
+DOMAIN_MODULES = (handlers, *(importlib.import_module(f"workers.runtime.ops_{d}") for d in DOMAINS))
 
 
 @dataclass
@@ -102,7 +91,7 @@ class WorkerServer:
         # Work that runs on a domain's own executor (a device's), not the shared queue; the
         # router answers it itself, through ``execute``.
         self._routed: dict[str, Callable[[Request, Any], None]] = {}
-        for module in _DOMAIN_MODULES:
+        for module in DOMAIN_MODULES:
             self._work.update(module.work_handlers(self))
             self._control_handlers.update(getattr(module, "control_handlers", lambda _s: {})(self))
             self._routed.update(getattr(module, "routed_handlers", lambda _s: {})(self))
@@ -121,6 +110,10 @@ class WorkerServer:
         self.freeze_lock = threading.Lock()
 
     # ---- output -------------------------------------------------------------------
+
+    def work_table(self) -> dict[str, Callable[[RequestContext, Any], Any]]:
+        """A copy of the work handlers by operation name (workflows call them in-process)."""
+        return dict(self._work)
     def send(self, message: msgspec.Struct) -> None:
         try:
             self._writer.write(codec.encode(message))

@@ -61,8 +61,8 @@ class OpTable:
             if self._direct is None:
                 from workers.runtime import server as server_module
 
-                table: dict[str, Handler] = dict(self.server._work)
-                for module in server_module._DOMAIN_MODULES:
+                table: dict[str, Handler] = self.server.work_table()
+                for module in server_module.DOMAIN_MODULES:
                     direct = getattr(module, "direct_handlers", None)
                     if direct is not None:
                         table.update(direct(self.server))
