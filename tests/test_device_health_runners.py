@@ -3,14 +3,11 @@ hand-computed fixtures, the event helper, and each runner against a real worker 
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
 import pytest
 
-from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
 from hybrid_assets.runners.device_events import DeviceEvents, Seen
 from hybrid_assets.runners.device_monitoring import _intervals
 from hybrid_assets.runners.device_traces import (
@@ -23,6 +20,8 @@ from hybrid_assets.runners.device_traces import (
     score,
     summarise,
 )
+from tests.runner_harness import run_runner as _run
+from tests.runner_harness import values as _values
 from workers.protocol.messages import Event
 
 # ---- trace generator ------------------------------------------------------------------------
@@ -125,22 +124,6 @@ def test_update_intervals_per_device_and_metric() -> None:
 
 
 # ---- runners against a real worker ------------------------------------------------------------
-
-
-def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
-    spec.fn(ctx)
-    produced = {s.metric for s in rec.samples}
-    assert produced <= spec.metrics, produced - spec.metrics
-    return rec
-
-
-def _values(rec: Recorder, metric: str) -> list[float]:
-    return [s.value for s in rec.samples if s.metric == metric]
 
 
 @pytest.mark.subprocess

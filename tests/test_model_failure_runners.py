@@ -5,21 +5,19 @@ sizing and throttling helpers, and each runner against a real worker with tiny p
 from __future__ import annotations
 
 import hashlib
-import logging
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 import psutil
 import pytest
 
-from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
 from hybrid_assets.runners import inference_timeouts as it
 from hybrid_assets.runners import model_corruption as mc
 from hybrid_assets.runners.model_support import ensure_models
+from tests.runner_harness import run_runner as _run
+from tests.runner_harness import values as _values
 from workers.models.integrity import check_bytes
 
 SEVERITIES = ["minor_corruption", "significant_corruption", "complete_corruption"]
@@ -126,22 +124,6 @@ def test_throttle_stops_the_process_on_a_duty_cycle_and_always_continues_it() ->
 
 
 # ---- runners against a real worker ---------------------------------------------------------------------------
-
-
-def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
-    spec.fn(ctx)
-    assert {s.metric for s in rec.samples} <= spec.metrics
-    return rec
-
-
-def _values(rec: Recorder, metric: str, **labels: Any) -> list[float]:
-    return [s.value for s in rec.samples if s.metric == metric and all(s.labels.get(k) == v
-                                                                       for k, v in labels.items())]
 
 
 @pytest.mark.subprocess

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from hybrid_assets.harness.results import Recorder
-from hybrid_assets.runners import RunnerContext, runner_spec
+from hybrid_assets.runners import RunnerContext
 from hybrid_assets.runners import model_state as ms
 from hybrid_assets.runners.model_dependencies import RecordingClient, dependent_set
 from hybrid_assets.runners.model_support import ensure_models
 from hybrid_assets.runners.model_workflows import _graphs, graph_errors, model_dtypes, model_set, order_violations
+from tests.runner_harness import run_runner as _run
 from workers.host.models import SyncReport
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -124,18 +125,6 @@ def test_reconciler_reloads_corrupt_models_and_adopts_the_rest() -> None:
 
 
 # ---- runners against a real worker -------------------------------------------------------------------
-
-
-def _run(runner: str, params: dict[str, Any], worker_argv: list[str]) -> Recorder:
-    spec = runner_spec(runner)
-    assert spec.fn is not None
-    rec = Recorder()
-    ctx = RunnerContext(f"test-{runner}", "smoke", params, None, worker_argv, rec,  # type: ignore[arg-type]
-                        logging.getLogger("test"))
-    spec.fn(ctx)
-    produced = {s.metric for s in rec.samples}
-    assert produced <= spec.metrics, produced - spec.metrics
-    return rec
 
 
 def _samples(rec: Recorder, metric: str) -> list[Any]:
