@@ -60,3 +60,40 @@ def test_ingest_refuses_a_conflicting_build_and_writes_nothing(tmp_path: Path) -
 def test_an_empty_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no Parquet store"):
         open_parquet_store(tmp_path)
+
+
+@pytest.mark.dagster
+@pytest.mark.subprocess
+def test_a_dagster_run_writes_parquet_per_case_that_ingests_and_compares(tmp_path: Path) -> None:
+    from dagster import DagsterInstance, materialize
+
+    from hybrid_assets.dagster_defs.resources import (
+        BuildResource,
+        MetricsStoreResource,
+        ProfileResource,
+        WorkerPoolResource,
+    )
+    from hybrid_assets.regress.detect import detect_run
+    from tests.test_dagster_assets import case_with
+
+    _, asset = case_with({"cold_starts": 1, "round_trips": 30, "payload_bytes": 64})
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("builds", ["local-0.1.0"])
+    resources = {"worker_pool": WorkerPoolResource(), "profile": ProfileResource(name="smoke"),
+                 "build": BuildResource(), "metrics_store": MetricsStoreResource(parquet_dir=str(tmp_path / "pq"))}
+    result = materialize([asset], resources=resources, instance=instance, partition_key="local-0.1.0")
+    assert result.success
+    # Regression detection needs the DuckDB file: in this layout its check is not executed.
+    assert "no_regression_vs_baseline" not in {e.check_name for e in result.get_asset_check_evaluations()}
+    con = open_parquet_store(tmp_path / "pq")
+    try:
+        rows = con.execute("SELECT case_id, count(*) FROM v_samples WHERE metric = 'round_trip_s' "
+                           "GROUP BY 1").fetchall()
+    finally:
+        con.close()
+    assert rows == [("cold_start_device_discovery", 30)]
+    store = MetricsStore(tmp_path / "m.duckdb")
+    ingest_parquet(tmp_path / "pq", store)
+    [run_id] = store.query("SELECT run_id FROM v_runs").run_id.tolist()
+    findings = detect_run(store, run_id)  # the comparison runs after the ingest: no earlier build here
+    assert findings and {f.verdict for f in findings} == {"INVALID"}
