@@ -7,6 +7,7 @@ worker keeps serving."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -202,18 +203,30 @@ def test_bad_input_is_named_and_the_worker_keeps_serving(worker_argv: list[str])
         assert c.request("queue.stats")["capacity"] == 1000  # the refused settings changed nothing
 
 
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
 def test_a_full_queue_refuses_a_batch_and_concurrency_scales_with_status_events(worker_argv: list[str]) -> None:
     with WorkerClient(worker_argv).start() as c:
         c.request("queue.configure", {"capacity": 3, "concurrency": 1, "max_concurrency": 2, "scale_up_depth": 2,
                                       "scale_down_idle_s": 0.3})
         jobs = [c.submit("job.run", _sleep_job(0.5)) for _ in range(5)]  # 2 run, at least 2 wait for 0.5 s
-        time.sleep(0.05)
+        # Every job decided (admitted, or refused when the second slot starts late), not a fixed sleep.
+        _wait_for(lambda: (lambda st: st["admitted"] + st["rejected"] == 5)(c.request("queue.stats")))
         with pytest.raises(WorkerError) as info:
             c.request("batch.run", {"items": [{"op": "echo"}] * 5})
         assert info.value.code == ErrorCode.QUEUE_FULL and "batch window" in info.value.message
         for p in jobs:
             _outcome(p)
-        time.sleep(0.8)
-        scaled = [ev.data for ev in c.status_events if ev.data.get("domain") == "queue"]
-        assert [(d["reason"], d["concurrency"]) for d in scaled] == [("backlog", 2), ("idle", 1)]
+
+        def scaled() -> list[tuple[str, int]]:
+            return [(ev.data["reason"], ev.data["concurrency"]) for ev in c.status_events
+                    if ev.data.get("domain") == "queue"]
+
+        _wait_for(lambda: len(scaled()) >= 2)  # idle for scale_down_idle_s, then back to 1
+        assert scaled() == [("backlog", 2), ("idle", 1)]
         assert c.request("batch.run", {"items": [{"op": "echo"}] * 5})["ok"] == 5

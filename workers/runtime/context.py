@@ -41,13 +41,14 @@ class RequestContext:
         self._cancelled = threading.Event()
         # Set by an executor holding the request in its own queue, so a cancel answers a queued
         # request at once instead of when its turn comes (which may be never, behind long work).
-        self.on_cancel: Union[Callable[[], None], None] = None
+        # It returns True when it answered the request (it was still queued).
+        self.on_cancel: Union[Callable[[], Union[bool, None]], None] = None
 
-    def cancel(self) -> None:
+    def cancel(self) -> bool:
+        """Mark the request cancelled; True if an executor answered it at once (still queued)."""
         self._cancelled.set()
         hook = self.on_cancel
-        if hook is not None:
-            hook()
+        return bool(hook()) if hook is not None else False
 
     @property
     def cancelled(self) -> bool:

@@ -78,14 +78,15 @@ class DeviceExecutor:
             self._fail(item.rid, ErrorCode.DEVICE_LOST, message, True)
         return len(queued) + (1 if running is not None else 0)
 
-    def _cancel_queued(self, item: _Item) -> None:
+    def _cancel_queued(self, item: _Item) -> bool:
         with self._cv:
             try:
                 self._queue.remove(item)
             except ValueError:
-                return  # already running (it sees the cancellation at its next step) or done
+                return False  # already running (it sees the cancellation at its next step) or done
         self._untrack(item.rid)
         self._fail(item.rid, ErrorCode.CANCELLED, "cancelled by the host while queued", False)
+        return True
 
     def close(self, drain: bool, timeout: float = 30.0) -> None:
         """Stop taking work. With a grace ``timeout`` (shutdown), running work still going after

@@ -267,8 +267,7 @@ class WorkerServer:
                 return "running-cancel-requested"
             routed = self._routed_ctx.get(target)
         if routed is not None:  # outside the lock: the executor's hook answers a queued one at once
-            routed.cancel()
-            return "running-cancel-requested"
+            return "queued-cancelled" if routed.cancel() else "running-cancel-requested"
         return "unknown"
 
     def track_routed(self, rid: RequestId, ctx: RequestContext) -> None:

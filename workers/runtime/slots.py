@@ -75,18 +75,19 @@ class PriorityPool:
         self._answer_queued(item, ErrorCode.DEADLINE_EXCEEDED,
                             f"deadline of {item.ctx.budget_ms:g} ms passed while queued for a {self.name} slot", True)
 
-    def _cancel_queued(self, item: _Item) -> None:
-        self._answer_queued(item, ErrorCode.CANCELLED, "cancelled by the host while queued", False)
+    def _cancel_queued(self, item: _Item) -> bool:
+        return self._answer_queued(item, ErrorCode.CANCELLED, "cancelled by the host while queued", False)
 
-    def _answer_queued(self, item: _Item, code: str, message: str, retryable: bool) -> None:
-        """Take a still-queued item out and answer it; a running one is left to its own checks."""
+    def _answer_queued(self, item: _Item, code: str, message: str, retryable: bool) -> bool:
+        """Take a still-queued item out and answer it (True); a running one is left to its own checks."""
         with self._cv:
             if item not in self._heap:
-                return
+                return False
             self._heap.remove(item)
             heapq.heapify(self._heap)
         self.server.untrack_routed(item.rid)
         self.server.fail(item.rid, code, message, retryable)
+        return True
 
     def queued(self) -> int:
         with self._cv:
