@@ -151,7 +151,7 @@ def test_faults_and_out_of_memory_reach_the_host(worker_argv: list[str], png: di
         assert c.request("postprocess.backends")["faults_armed"] == {"enhance": 1}
         with pytest.raises(WorkerError) as err:
             c.request("postprocess.enhance", {"image": png, "level": "ai"}, timeout=30)
-        assert err.value.code == ErrorCode.INTERNAL_ERROR and "injected" in str(err.value)
+        assert err.value.code == ErrorCode.POSTPROCESS_FAILED and "injected" in str(err.value)
         assert c.request("postprocess.backends")["faults_armed"] == {}
 
 

@@ -313,7 +313,7 @@ class Postprocessor:
             except passthrough:
                 raise
             except Exception as exc:  # any failure of an algorithm is that attempt's failure: recover or report
-                code = getattr(exc, "code", ErrorCode.INTERNAL_ERROR)
+                code = getattr(exc, "code", ErrorCode.POSTPROCESS_FAILED)
                 report.oom_events += getattr(exc, "oom_events", 0)
                 retryable = code == ErrorCode.OUT_OF_MEMORY or not isinstance(exc, UpscaleError)
                 errors.append((code, f"{attempt.label}: {type(exc).__name__}: {getattr(exc, 'message', exc)}",
@@ -329,7 +329,7 @@ class Postprocessor:
             if errors:
                 report.status, report.error = "recovered", " / ".join(m for _, m, _ in errors)
             return report, out, data
-        code, _, retryable = errors[0] if errors else (ErrorCode.INTERNAL_ERROR, "", False)
+        code, _, retryable = errors[0] if errors else (ErrorCode.POSTPROCESS_FAILED, "", False)
         detail = " / ".join(m for _, m, _ in errors) or "no path to serve it"
         suffix = "" if policy == "error" else f" (every {policy} path failed too)"
         raise StageFailed(stage, code, f"{stage} failed: {detail}{suffix}", retryable)
@@ -431,7 +431,7 @@ class Postprocessor:
             if level == "ai":
                 name, why = self.resolve("auto")
                 if why:
-                    raise UpscaleError(ErrorCode.INTERNAL_ERROR, f"ai enhancement needs Real-ESRGAN: {why}")
+                    raise UpscaleError(ErrorCode.POSTPROCESS_FAILED, f"ai enhancement needs Real-ESRGAN: {why}")
                 e = enh.enhance_ai(p, self.backend(name), quality, **self._tiling(None, check, oom))
             else:
                 e = enh.enhance_standard(p) if level == "standard" else enh.enhance_basic(p)

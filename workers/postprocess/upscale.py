@@ -223,7 +223,7 @@ class RealEsrganBackend(UpscaleBackend):
         """Load the model a request would use now, so the first request is not charged for it."""
         reason = self._probe()
         if reason is not None:
-            raise UpscaleError(ErrorCode.INTERNAL_ERROR, f"realesrgan unavailable: {reason}")
+            raise UpscaleError(ErrorCode.POSTPROCESS_FAILED, f"realesrgan unavailable: {reason}")
         with self._lock, stdout_to_stderr():
             self._net(self.model_for(factor, quality)[0])
 
@@ -232,7 +232,7 @@ class RealEsrganBackend(UpscaleBackend):
 
         reason = self._probe()
         if reason is not None:
-            raise UpscaleError(ErrorCode.INTERNAL_ERROR, f"realesrgan unavailable: {reason}")
+            raise UpscaleError(ErrorCode.POSTPROCESS_FAILED, f"realesrgan unavailable: {reason}")
         index, _, scale = self.model_for(factor, quality)
         h, w = tile.shape[:2]
         with self._lock, stdout_to_stderr():
@@ -271,7 +271,7 @@ def tiled(pixels: np.ndarray, factor: int, fn: Callable[[np.ndarray], np.ndarray
             up = fn(pixels[py0:py1, px0:px1])
             want = ((py1 - py0) * factor, (px1 - px0) * factor, 3)
             if up.shape != want or up.dtype != np.uint8:
-                raise UpscaleError(ErrorCode.INTERNAL_ERROR, f"a tile came back {up.shape} {up.dtype}, expected "
+                raise UpscaleError(ErrorCode.POSTPROCESS_FAILED, f"a tile came back {up.shape} {up.dtype}, expected "
                                                              f"{want} uint8")
             oy, ox = (y0 - py0) * factor, (x0 - px0) * factor
             out[y0 * factor:y1 * factor, x0 * factor:x1 * factor] = \

@@ -54,6 +54,7 @@ class ErrorCode:
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"  # over the worker's pixel limit; refused before decoding
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"  # an image format the worker does not read or write
     POLICY_INVALID = "POLICY_INVALID"  # a safety policy document with an unknown rule or a bad value
+    POSTPROCESS_FAILED = "POSTPROCESS_FAILED"  # a postprocessing stage failed and no recovery path served it
     # Raised by the host side, never sent by a worker:
     WORKER_LOST = "WORKER_LOST"  # the worker died or hung with the request in flight
     TIMEOUT = "TIMEOUT"  # no response within the host's timeout
@@ -66,7 +67,7 @@ class ErrorCode:
         DUPLICATE_ID, DEADLINE_EXCEEDED, CANCELLED, SHUTTING_DOWN, INTERNAL_ERROR, DEVICE_LOST, DEVICE_UNAVAILABLE,
         MODEL_NOT_LOADED, MODEL_CORRUPT, CACHE_FULL, OUT_OF_MEMORY, NAN_OUTPUT,
         QUEUE_FULL, SESSION_NOT_FOUND, SESSION_CORRUPT, IMAGE_INVALID, IMAGE_TOO_LARGE, UNSUPPORTED_FORMAT,
-        POLICY_INVALID,
+        POLICY_INVALID, POSTPROCESS_FAILED,
         WORKER_LOST, TIMEOUT, WORKER_START_FAILED, PROTOCOL_MISMATCH, NO_WORKER_AVAILABLE,
     )
 
