@@ -162,9 +162,14 @@ def _case(entry: Any, index: int, source: str, file_part: Union[int, None]) -> C
     )
 
 
+# libyaml's safe loader when PyYAML was built with it: the same documents, about 8x faster
+# (the whole catalog loads on every Dagster code-location load and every CLI command).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_file(path: Path) -> list[Case]:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("version") != 1 or not isinstance(raw.get("cases"), list):
