@@ -81,7 +81,7 @@ class ProfileResource(ConfigurableResource):
 def _partition_worker_cmd(context: InitResourceContext) -> Optional[str]:
     """The worker a build partition's manifest names, for a run launched with only the build
     id (from the UI, a schedule or a backfill); None: the configured or bundled worker."""
-    run = context.dagster_run
+    run = context.run
     key = run.tags.get("dagster/partition") if run is not None else None
     if not key:
         return None
