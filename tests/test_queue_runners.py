@@ -147,6 +147,11 @@ def test_queue_overflow_runner_rejects_explicitly_and_normalises(worker_argv: li
     assert _values(rec, "queue_normalized_ok") == [1.0]
     assert max(_values(rec, "priority_inversion_count"), default=0.0) == 0.0
     assert len(_values(rec, "memory_high_water_growth_mb")) == 1
+    # One bound ratio per completed request, labelled with its position: jobs ahead at admission and
+    # later-admitted jobs that overtook it (the bound counts both).
+    ratios = [s for s in rec.samples if s.metric == "response_time_over_queue_bound_ratio"]
+    assert len(ratios) == len(_values(rec, "response_time_s")) > 0
+    assert all(s.labels["overtaken_by"] >= 0 and s.labels["depth_at_admission"] >= 0 and s.value > 0 for s in ratios)
 
 
 @pytest.mark.subprocess

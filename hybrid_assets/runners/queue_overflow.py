@@ -6,9 +6,9 @@ First each request kind is calibrated alone (``calibration_requests`` sequential
 the longest response time of a kind is its service-time bound. Per request: lost (no answer by the drain
 timeout, or the worker lost), rejected (an error answer: proper when it is QUEUE_FULL with a positive
 retry_after_s and arrived before any request sent after it completed), completed (response time, and that
-over (jobs waiting or in service at admission + 1) x the longest bound of the case's kinds, since a mixed
-queue's requests wait behind either kind; labelled with how many later-admitted jobs overtook it by
-priority, which the bound does not count). Per admitted
+over (jobs waiting or in service at admission + later-admitted jobs that overtook it by priority + 1) x the
+longest bound of the case's kinds, since a mixed queue's requests wait behind either kind: its position is
+every job served before it). Per admitted
 high-priority request: normal-priority requests admitted after it that started before it (job seq and start
 times the worker reports). Per overflowing step (one with a rejection): normalisation (every admitted request
 answered, depth and running back to 0, then a probe admitted and completed, without restart or any action)
@@ -173,8 +173,9 @@ def _record_step(ctx: RunnerContext, client: Any, inj: Injector, sents: list[Sen
         # "the same complexity": the case's; a mixed queue's requests wait behind either kind. Queue depth:
         # the jobs in the system when it arrived, waiting or in service (the one in service is ahead of it too)
         in_system = info["depth_at_admission"] + info["running_at_admission"]
-        bound = (in_system + 1) * max(longest.values())
         overtaken = sum(1 for seq, started in starts if seq > info["seq"] and started < info["started_s"])
+        # Jobs served before it: those ahead at admission, plus later high-priority ones that overtook it.
+        bound = (in_system + overtaken + 1) * max(longest.values())
         rec.record("response_time_over_queue_bound_ratio", s.latency / bound, "ratio", rate_rps=rate, kind=s.kind,
                    priority=s.priority, depth_at_admission=in_system, overtaken_by=overtaken)
     for _s, count in _inversions(done):
