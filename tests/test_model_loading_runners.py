@@ -184,7 +184,9 @@ def test_concurrent_loading_both_parts(worker_argv: list[str], private_root: Pat
     mib = [s for s in rec.samples if s.metric == "bytes_read_mb"]
     assert [round(s.value) for s in mib] == [1, 2, 1, 1, 2, 1]  # a pool of 3 (1, 2, 1 MiB), walked per round
     assert [s.labels["model_type"] for s in mib] == ["diffusion_models", "lora_models"] * 3  # types rotate on
-    assert all(1 <= v <= 3 for v in _values(rec, "peak_concurrent_loads_count"))
+    # A sampled peak (model.list polled during the round): at most the 3 loads; it can miss loads of a
+    # MiB or two that finish between two polls (it read 0 on a quiet machine), so no lower bound.
+    assert all(0 <= v <= 3 for v in _values(rec, "peak_concurrent_loads_count"))
     assert all(0.5 < v < 1.5 for v in _values(rec, "memory_efficiency_ratio"))  # weights are most of what loading kept
     assert len(_values(rec, "concurrent_over_sequential_bandwidth_ratio")) == 2
     assert len(_values(rec, "sequential_load_s")) == 6

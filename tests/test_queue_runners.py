@@ -142,7 +142,10 @@ def test_queue_overflow_runner_rejects_explicitly_and_normalises(worker_argv: li
                                              "inference_steps": 1, "calibration_requests": 1}, worker_argv)
     lost = _values(rec, "request_lost_error")
     assert len(lost) == 40 and max(lost) == 0.0
-    assert _values(rec, "rejected_count")[0] >= 30  # capacity 3, one at a time: most of 40 are refused
+    [count] = [s for s in rec.samples if s.metric == "rejected_count"]
+    # Capacity 3, one at a time, 40 sent in 0.2 s: most are refused (29 on a quiet machine, more when loaded);
+    # every request is either refused or completed.
+    assert count.value >= 20 and count.value + count.labels["completed"] == count.labels["sent"] == 40
     assert max(_values(rec, "rejection_malformed_error")) == 0.0
     assert _values(rec, "queue_normalized_ok") == [1.0]
     assert max(_values(rec, "priority_inversion_count"), default=0.0) == 0.0
