@@ -134,13 +134,8 @@ def _write_reports(store: MetricsStore, run_id: str, directory: Union[str, None]
     return report
 
 
-def _latest_run_id(store: MetricsStore) -> Union[str, None]:
-    latest = store.query("SELECT run_id FROM v_runs ORDER BY last_write_at DESC LIMIT 1")
-    return None if latest.empty else str(latest.iloc[0, 0])
-
-
 def _print_summary(store: MetricsStore, run_id: Union[str, None]) -> list[str]:
-    run_id = run_id or _latest_run_id(store)
+    run_id = run_id or store.latest_run_id()
     if run_id is None:
         print(f"no runs in {store.path}")
         return []
@@ -213,7 +208,7 @@ def main(argv: Union[list[str], None] = None) -> int:
         print(f"no store at {store.path}", file=sys.stderr)
         return 1
     if args.command == "report":
-        run_id = args.run or _latest_run_id(store)
+        run_id = args.run or store.latest_run_id()
         if run_id is None:
             print(f"no runs in {store.path}", file=sys.stderr)
             return 1

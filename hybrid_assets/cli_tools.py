@@ -100,12 +100,10 @@ def _baseline(store: MetricsStore, args: argparse.Namespace) -> int:
 
 
 def _latest(store: MetricsStore, run_id: Union[str, None]) -> str:
-    if run_id:
-        return run_id
-    latest = store.query("SELECT run_id FROM v_runs ORDER BY last_write_at DESC LIMIT 1")
-    if latest.empty:
+    latest = run_id or store.latest_run_id()
+    if latest is None:
         raise LookupError(f"no runs in {store.path}")
-    return str(latest.iloc[0, 0])
+    return latest
 
 
 def _regressions(store: MetricsStore, args: argparse.Namespace) -> int:
@@ -123,11 +121,11 @@ def _regressions(store: MetricsStore, args: argparse.Namespace) -> int:
 
 
 def _compare(store: MetricsStore, args: argparse.Namespace) -> int:
+    from hybrid_assets.regress.queries import check_known_build
+
     testbed, profile = _testbed_and_profile(args)
-    known = set(store.query("SELECT build_id FROM builds").build_id)
     for build in (args.build_a, args.build_b):
-        if build not in known:
-            raise UnknownBuildError(f"no build {build!r} in {store.path}")
+        check_known_build(store, build)
     rows = store.query(
         "WITH latest AS (SELECT build_id, case_id, metric, value, sample_count, "
         "  row_number() OVER (PARTITION BY build_id, case_id, metric ORDER BY r.last_write_at DESC) AS n "

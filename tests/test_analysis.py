@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import io
 import re
 from pathlib import Path
@@ -15,41 +13,18 @@ from PIL import Image
 from hybrid_assets.analysis import NoHistoryError, UnknownCaseError, UnknownRunError
 from hybrid_assets.analysis.export import TABLES, export_run_parquet
 from hybrid_assets.analysis.plots import case_trend_pngs, load_trend, trend_png
-from hybrid_assets.builds import BuildInfo
-from hybrid_assets.catalog import Case, load_catalog
-from hybrid_assets.harness.results import CaseOutcome, ExpectationOutcome, Recorder, Verdict
-from hybrid_assets.harness.stats import summarize
-from hybrid_assets.run_info import RunInfo
-from hybrid_assets.store import MetricsStore, case_payload
+from hybrid_assets.harness.results import Verdict
+from hybrid_assets.store import MetricsStore
 from tests.test_store import TESTBED
+from tests.test_store import payload as store_payload
 
 CASE = "cold_start_device_discovery"
 
 
-@functools.lru_cache(maxsize=1)
-def _case() -> Case:
-    return next(c for c in load_catalog() if c.id == CASE)  # the catalog takes a second to load: once
-
-
 def payload(run_id: str, n_samples: int, verdict: Verdict = Verdict.PASS, build_id: str = "local-0.1.0",
             case_id: str = CASE) -> dict:
-    """One case of one run under the default run key (build/testbed/profile), as tests/test_store.py
-    builds it: round trips of 1..n ms and the one line that judges them."""
-    case = _case()
-    rec = Recorder()
-    for i in range(n_samples):
-        rec.record("round_trip_s", 0.001 * (i + 1), "s", seq=i)
-    line = ExpectationOutcome("round_trip_p99_under_10ms", "expect_column_quantile_values_to_be_between", "4.1",
-                              "under_10_milliseconds_round_trip", "round_trip_s", "p99", "<=", 0.01, 0.099,
-                              n_samples, verdict, "detail", "s")
-    outcome = CaseOutcome(case_id, verdict, "reason", dt.datetime(2026, 12, 4), 1.5, rec.samples,
-                          summarize(rec.samples), [line], {}, {})
-    manifest = {"build_id": build_id, "version": "0.1.0"}
-    build = BuildInfo(build_id, "0.1.0", None, manifest, f"sha-{build_id}")
-    run = RunInfo(run_id, build, TESTBED, "smoke", ["worker"], dt.datetime(2026, 12, 4))
-    p = case_payload(run, case, outcome)
-    p["case"]["case_id"] = case_id
-    return p
+    """tests/test_store.py's payload under the default run key (build/testbed/profile)."""
+    return store_payload(run_id, n_samples, verdict, key=None, build_id=build_id, case_id=case_id)
 
 
 def _build_payload(run_id: str, build_id: str, n_samples: int, verdict: Verdict = Verdict.PASS) -> dict:

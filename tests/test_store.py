@@ -19,9 +19,11 @@ from hybrid_assets.testbed import Testbed
 TESTBED = Testbed("tb-test", "host", "cpu", 2, 1 << 30, "none", {"cpu": "cpu"})
 
 
-def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS, key: str | None = "") -> dict:
-    """One case of one run; each run id is its own run key unless ``key`` says otherwise
-    (None: the default key, build/testbed/profile)."""
+def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS, key: str | None = "",
+            build_id: str | None = None, case_id: str | None = None) -> dict:
+    """One case of one run: round trips of 1..n ms and the one line that judges them. Each run id
+    is its own run key unless ``key`` says otherwise (None: the default key, build/testbed/profile);
+    the build is the local one unless ``build_id`` names another; ``case_id`` renames the case."""
     case = load_catalog()[0]
     rec = Recorder()
     for i in range(n_samples):
@@ -31,9 +33,14 @@ def payload(run_id: str, n_samples: int = 100, verdict: Verdict = Verdict.PASS, 
                               n_samples, verdict, "detail", "s")
     outcome = CaseOutcome(case.id, verdict, "reason", dt.datetime(2026, 12, 4), 1.5, rec.samples,
                           summarize(rec.samples), [line], {}, {"k": "v"})
-    run = RunInfo(run_id, BuildInfo.local("0.1.0"), TESTBED, "smoke", ["python", "-m", "workers"],
+    build = BuildInfo.local("0.1.0") if build_id is None else BuildInfo(
+        build_id, "0.1.0", None, {"build_id": build_id, "version": "0.1.0"}, f"sha-{build_id}")
+    run = RunInfo(run_id, build, TESTBED, "smoke", ["python", "-m", "workers"],
                   dt.datetime(2026, 12, 4), key=run_id if key == "" else key)
-    return case_payload(run, case, outcome)
+    p = case_payload(run, case, outcome)
+    if case_id is not None:
+        p["case"]["case_id"] = case_id
+    return p
 
 
 def test_views_answer_after_a_write(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from hybrid_assets.harness.baseline import (
     RegressionEvidence,
     compare_with_baseline,
     findings_table,
-    trend_plot,
+    trend_plots,
 )
 from hybrid_assets.harness.execute import execute_case
 from hybrid_assets.harness.results import CaseOutcome, ExpectationOutcome, Verdict
@@ -171,8 +171,10 @@ def build_case_asset(case: Case, suite: Suite, pool: str | None = None) -> Asset
                 results.append(regression_check_result(evidence))
             flagged = evidence.worst if not evidence.passed and evidence.verdict != "INVALID" else None
             reports = Path(context.run.tags.get(REPORTS_TAG) or reports_root() / info.run_id)
-            png = trend_plot(store, info.run_id, case.id, reports / "trends", flagged, context.log)
-            if png is not None:
+            pngs = trend_plots(store, info.run_id, case.id, reports / "trends", [flagged] if flagged else [],
+                               context.log)
+            if pngs:
+                png = pngs[0]
                 metadata["trend"] = MetadataValue.path(str(png.resolve()))
                 metadata["trend_plot"] = MetadataValue.md(
                     f"![trend](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})")

@@ -7,6 +7,7 @@ the case: whatever happens here, the case's own results are already stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -64,18 +65,17 @@ def _n(v: Union[float, None]) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-def trend_plot(store: MetricsStore, run_id: str, case_id: str, out_dir: Path,
-               flagged: Union[Finding, None] = None, logger: logging.Logger = log) -> Union[Path, None]:
-    """The trend of the case's most telling metric over builds: the one flagged against the
-    baseline if any, else a line that did not pass."""
+def trend_plots(store: MetricsStore, run_id: str, case_id: str, out_dir: Path,
+                flagged: Sequence[Finding] = (), logger: logging.Logger = log) -> list[Path]:
+    """The trends of the case's most telling metrics over builds: those flagged against the
+    baseline if any, else one line that did not pass (none when nothing has a history)."""
     try:
-        if flagged is not None:
-            return flagged_trend_png(store, flagged, out_dir)
-        paths = case_trend_pngs(store, run_id, case_id, out_dir, max_plots=1)
+        if flagged:
+            return [flagged_trend_png(store, f, out_dir) for f in flagged]
+        return case_trend_pngs(store, run_id, case_id, out_dir, max_plots=1)
     except NoHistoryError as exc:
         logger.info("case %s: no trend to draw: %s", case_id, exc)
-        return None
-    return paths[0] if paths else None
+        return []
 
 
 def flagged_trend_png(store: MetricsStore, f: Finding, out_dir: Path) -> Path:

@@ -7,9 +7,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from hybrid_assets.analysis.common import NoHistoryError
-from hybrid_assets.analysis.plots import case_trend_pngs
-from hybrid_assets.harness.baseline import flagged_trend_png
+from hybrid_assets.harness.baseline import trend_plots
 from hybrid_assets.regress.detect import Finding
 from hybrid_assets.report.model import RunReport
 from hybrid_assets.store import MetricsStore
@@ -32,13 +30,7 @@ def with_trends(report: RunReport, store: MetricsStore, directory: Path) -> RunR
     wanted += [v.case_id for v in report.verdicts.itertuples() if v.verdict != "PASS" and v.case_id not in flagged]
     trends: dict[str, list[str]] = {}
     for case_id in wanted[:MAX_PLOTTED_CASES]:
-        try:
-            paths = [flagged_trend_png(store, f, directory / "trends") for f in _findings(report, case_id)]
-            if not paths:
-                paths = case_trend_pngs(store, report.run["run_id"], case_id, directory / "trends", max_plots=1)
-        except NoHistoryError as exc:
-            log.info("no trend for %s: %s", case_id, exc)
-            continue
+        paths = trend_plots(store, report.run["run_id"], case_id, directory / "trends", _findings(report, case_id), log)
         if paths:
             trends[case_id] = [str(p.relative_to(directory)) for p in paths]
     return dataclasses.replace(report, trends=trends)

@@ -29,6 +29,7 @@ from hybrid_assets.store.store import (
     MetricsStore,
     WriteReceipt,
     check_build_content,
+    insert_frame,
     supersede_case,
     utc_now,
 )
@@ -130,14 +131,10 @@ def ingest_parquet(root: Union[str, Path], store: MetricsStore) -> dict[str, int
             for b in frames["builds"].itertuples():
                 check_build_content(con, b.build_id, b.content_sha256)
             for table in ("builds", "testbeds"):
-                con.register("_incoming", frames[table])
-                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming ON CONFLICT DO NOTHING")
-                con.unregister("_incoming")
+                insert_frame(con, table, frames[table], "ON CONFLICT DO NOTHING")
             runs = frames["runs"]
-            con.register("_incoming", runs)
-            con.execute("INSERT INTO runs SELECT * FROM _incoming ON CONFLICT (run_id) DO UPDATE SET "
-                        "last_write_at = greatest(runs.last_write_at, excluded.last_write_at)")
-            con.unregister("_incoming")
+            insert_frame(con, "runs", runs, "ON CONFLICT (run_id) DO UPDATE SET "
+                                            "last_write_at = greatest(runs.last_write_at, excluded.last_write_at)")
             keys = dict(zip(runs.run_id, runs.run_key, strict=True))
             now = utc_now()
             for c in frames["case_results"].itertuples():
@@ -145,9 +142,7 @@ def ingest_parquet(root: Union[str, Path], store: MetricsStore) -> dict[str, int
                 for table in CASE_TABLES:
                     con.execute(f"DELETE FROM {table} WHERE run_id = ? AND case_id = ?", [c.run_id, c.case_id])
             for table in ("case_results", "samples", "metrics", "expectation_results"):
-                con.register("_incoming", frames[table])
-                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
-                con.unregister("_incoming")
+                insert_frame(con, table, frames[table])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

@@ -170,8 +170,7 @@ class MetricsStore:
             yield con
 
     def merge_staged(self) -> int:
-        with self._local, self._connect() as con:
-            self._ensure_schema(con)
+        with self.write_connection() as con:
             return self._merge_staged(con)
 
     @staticmethod
@@ -228,8 +227,7 @@ class MetricsStore:
 
     def pin_baseline(self, testbed_id: str, profile: str, build_id: str, note: str = "") -> None:
         """Make ``build_id`` the baseline of every comparison on this testbed and profile."""
-        with self._local, self._connect() as con:
-            self._ensure_schema(con)
+        with self.write_connection() as con:
             known = con.execute("SELECT count(*) FROM builds WHERE build_id = ?", [build_id]).fetchone()[0]
             if not known:
                 near = [r[0] for r in con.execute("SELECT build_id FROM builds ORDER BY registered_at DESC LIMIT 5")
@@ -240,8 +238,7 @@ class MetricsStore:
                         [testbed_id, profile, build_id, utc_now(), note])
 
     def unpin_baseline(self, testbed_id: str, profile: str) -> bool:
-        with self._local, self._connect() as con:
-            self._ensure_schema(con)
+        with self.write_connection() as con:
             n = con.execute("SELECT count(*) FROM baselines WHERE testbed_id = ? AND profile = ?",
                             [testbed_id, profile]).fetchone()[0]
             con.execute("DELETE FROM baselines WHERE testbed_id = ? AND profile = ?", [testbed_id, profile])
@@ -263,17 +260,12 @@ class MetricsStore:
             [{**{c: r.get(c) for c in _REGRESSION_COLUMNS}, "run_id": run_id, "case_id": case_id,
               "detected_at": r.get("detected_at") or now} for r in rows],
             columns=["run_id", "case_id", *_REGRESSION_COLUMNS, "detected_at"])
-        with self._local, self._connect() as con:
-            self._ensure_schema(con)
+        with self.write_connection() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute("DELETE FROM regressions WHERE run_id = ? AND case_id = ?", [run_id, case_id])
                 if len(frame):
-                    con.register("_incoming", frame)
-                    try:
-                        con.execute("INSERT INTO regressions SELECT * FROM _incoming")
-                    finally:
-                        con.unregister("_incoming")
+                    insert_frame(con, "regressions", frame)
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -287,6 +279,11 @@ class MetricsStore:
                                "any write (a run, or `python -m hybrid_assets migrate`) upgrades it")
 
     # ---- reading ----------------------------------------------------------------------
+    def latest_run_id(self) -> Union[str, None]:
+        """The run written to last, or None when the store holds none."""
+        latest = self.query("SELECT run_id FROM v_runs ORDER BY last_write_at DESC LIMIT 1")
+        return None if latest.empty else str(latest.iloc[0, 0])
+
     def query(self, sql: str, params: Union[list[Any], None] = None) -> pd.DataFrame:
         with self._local, self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
@@ -339,9 +336,15 @@ def _insert_frame(con: Any, table: str, run_id: str, case_id: str, rows: list[di
         frame["labels"] = [json.dumps(v, default=str) if v else "{}" for v in frame["labels"]]
     frame.insert(0, "case_id", case_id)
     frame.insert(0, "run_id", run_id)
+    insert_frame(con, table, frame)
+
+
+def insert_frame(con: Any, table: str, frame: pd.DataFrame, on_conflict: str = "") -> None:
+    """``INSERT INTO table SELECT * FROM frame`` (columns in the table's order), ``on_conflict``
+    appended as written."""
     con.register("_incoming", frame)
     try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+        con.execute(f"INSERT INTO {table} SELECT * FROM _incoming {on_conflict}".rstrip())
     finally:
         con.unregister("_incoming")
 
